@@ -1,0 +1,146 @@
+"""HatLLM's hierarchical attention masks: the one definition used by training, evaluation and serving.
+
+Segments. Scanning a token sequence left to right, an *item* runs from an item-open token through the
+next item-close token, both delimiters included. Every other token (BOS, instruction, anything before
+the first item) is outside items. A prompt never puts non-item tokens after its first item; if one does
+appear there (a stray token), the rules below still give it a non-empty, causal row.
+
+One integer per token, ``item_start[q]``, describes every mask:
+  - for an item token, the position of its item's open delimiter;
+  - for a token outside items, ``q + 1`` (its "item" starts after it, so nothing of it is masked).
+Plus one integer per sequence, ``first_item`` (P): the position of the first item-open token
+(the sequence length if there is none).
+
+Rules for query q and key k, all causal (k <= q), and the diagonal is always kept (k == q):
+  OR  (plain causal):  every k <= q.
+  IN  (intra-item):    k < P  or  item_start[q] <= k        -> the prefix before the first item plus the
+                                                              earlier tokens of q's own item.
+  CR  (cross-item):    k < item_start[q]  or  k == q        -> everything before q's item, and itself.
+Tokens outside items before P get causal rows under all three (k <= q < P, and item_start[q] = q + 1).
+
+Because ``item_start`` of a token depends only on earlier tokens, all masks are prefix-consistent: a
+token's row does not change when tokens are appended. That is what lets one forward over a whole
+sequence train every item, and lets an engine cache keys and values as usual.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Sequence
+
+import torch
+
+
+class LayerType(str, Enum):
+    IN = "IN"
+    OR = "OR"
+    CR = "CR"
+
+
+NO_OPEN_ITEM = -1  # carry value: no item is open before the first token of a chunk
+
+
+def item_starts(
+    token_ids: torch.Tensor,
+    open_id: int,
+    close_id: int,
+    offset: int | torch.Tensor = 0,
+    carry: int | torch.Tensor = NO_OPEN_ITEM,
+) -> torch.Tensor:
+    """``item_start`` for each token of ``token_ids`` ([..., T]).
+
+    ``offset`` is the absolute position of the first token, ``carry`` the start of the item still open
+    just before it (``NO_OPEN_ITEM`` if none): together they let a chunk or a single decode token be
+    processed knowing only the state left by the previous token. Both broadcast over leading dims.
+    """
+    T = token_ids.shape[-1]
+    offset = torch.as_tensor(offset, device=token_ids.device)
+    carry = torch.as_tensor(carry, device=token_ids.device)
+    pos = torch.arange(T, device=token_ids.device) + offset[..., None]
+    pos = pos.expand(token_ids.shape)
+    is_open, is_close = token_ids == open_id, token_ids == close_id
+    # Latest open at or before each token; the carry stands for an open before the chunk.
+    last_open = torch.where(is_open, pos, torch.full_like(pos, NO_OPEN_ITEM)).cummax(-1).values
+    last_open = torch.maximum(last_open, carry[..., None].expand_as(pos))
+    # Latest close strictly before each token: a close token still belongs to its item.
+    close_pos = torch.where(is_close, pos, torch.full_like(pos, NO_OPEN_ITEM))
+    prev_close = torch.cat(
+        [torch.full_like(close_pos[..., :1], NO_OPEN_ITEM), close_pos[..., :-1]], dim=-1
+    ).cummax(-1).values
+    # A close with no open item before it is thereby a stray token, outside items.
+    in_item = (last_open != NO_OPEN_ITEM) & (last_open > prev_close)
+    return torch.where(in_item, last_open, pos + 1)
+
+
+def carry_after(starts: torch.Tensor, token_ids: torch.Tensor, close_id: int, last_pos: int | torch.Tensor) -> torch.Tensor:
+    """The ``carry`` for the token after the last one (at ``last_pos``): its open item's start or NO_OPEN_ITEM."""
+    last_start = starts[..., -1]
+    still_open = (last_start <= torch.as_tensor(last_pos)) & (token_ids[..., -1] != close_id)
+    return torch.where(still_open, last_start, torch.full_like(last_start, NO_OPEN_ITEM))
+
+
+def first_item_position(token_ids: torch.Tensor, open_id: int) -> torch.Tensor:
+    """P per sequence: position of the first item-open token, or T if there is none."""
+    T = token_ids.shape[-1]
+    is_open = token_ids == open_id
+    none = torch.full(is_open.shape[:-1], T, dtype=torch.long, device=token_ids.device)
+    return torch.where(is_open.any(-1), is_open.long().argmax(-1), none)
+
+
+def layer_mask(
+    layer_type: LayerType | str,
+    query_starts: torch.Tensor,
+    query_pos: torch.Tensor,
+    key_pos: torch.Tensor,
+    first_item: torch.Tensor,
+) -> torch.Tensor:
+    """Boolean mask [..., Tq, Tk], True where query may attend to key.
+
+    ``query_starts``/``query_pos``: [..., Tq]; ``key_pos``: [Tk] or [..., Tk]; ``first_item``: [...].
+    """
+    q = query_pos[..., :, None]
+    k = key_pos[..., None, :] if key_pos.dim() > 1 else key_pos[None, :]
+    s = query_starts[..., :, None]
+    allowed = (k <= q).expand(*query_starts.shape, key_pos.shape[-1])
+    layer_type = LayerType(layer_type)
+    if layer_type is LayerType.IN:
+        allowed = allowed & ((k < first_item[..., None, None]) | (k >= s) | (k == q))
+    elif layer_type is LayerType.CR:
+        allowed = allowed & ((k < s) | (k == q))
+    return allowed
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer schedules
+
+
+def hat_schedule(num_layers: int, num_in: int | None = None, num_cr: int | None = None) -> list[str]:
+    """IN for the shallow third, CR for the deep third, OR between (counts overridable)."""
+    num_in = num_layers // 3 if num_in is None else num_in
+    num_cr = num_layers // 3 if num_cr is None else num_cr
+    if num_in < 0 or num_cr < 0 or num_in + num_cr > num_layers:
+        raise ValueError(f"cannot place {num_in} IN + {num_cr} CR layers in {num_layers} layers")
+    return ["IN"] * num_in + ["OR"] * (num_layers - num_in - num_cr) + ["CR"] * num_cr
+
+
+def parse_schedule(spec: str | Sequence[str], num_layers: int) -> list[str]:
+    """'hat', 'causal', 'hat:IN,CR' (counts, e.g. 'hat:2,1'), or an explicit list / comma string."""
+    if isinstance(spec, str):
+        if spec == "hat":
+            return hat_schedule(num_layers)
+        if spec == "causal":
+            return ["OR"] * num_layers
+        if spec.startswith("hat:"):
+            num_in, num_cr = (int(x) for x in spec[4:].split(","))
+            return hat_schedule(num_layers, num_in, num_cr)
+        spec = [s.strip() for s in spec.split(",")]
+    return validate_schedule(list(spec), num_layers)
+
+
+def validate_schedule(schedule: Sequence[str], num_layers: int) -> list[str]:
+    if len(schedule) != num_layers:
+        raise ValueError(f"hat_layer_types has {len(schedule)} entries for {num_layers} layers")
+    bad = [t for t in schedule if t not in LayerType.__members__]
+    if bad:
+        raise ValueError(f"hat_layer_types has unknown layer types {bad}; allowed: IN, OR, CR")
+    return [str(t) for t in schedule]

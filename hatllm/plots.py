@@ -1,0 +1,37 @@
+"""Plots of training curves and evaluation results (PNG, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_curves(history: dict, path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(history["step"], history["train_loss"], alpha=0.5, label="train loss")
+    ax.plot(history["valid_step"], history["valid_loss"], "o-", label="valid loss (target item)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy per token")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_metric_bars(results: dict[str, dict[str, float]], metrics: list[str], path: Path, title: str) -> None:
+    """Grouped bars: one group per metric, one bar per method."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(results), 1)
+    for i, (name, values) in enumerate(results.items()):
+        ax.bar([m + i * width for m in range(len(metrics))], [values[k] for k in metrics], width, label=name)
+    ax.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

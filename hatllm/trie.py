@@ -1,0 +1,104 @@
+"""Token trie over catalog titles: the set of sequences constrained decoding may produce.
+
+Each title is inserted as exactly the tokens it has inside an item of the prompt, followed by the item
+close delimiter; the node reached by the close token holds the item ids with that title.
+
+Duplicate titles: items sharing a title end at the same leaf and share its score. The leaf lists them
+by the catalog's tie order (training popularity, most popular first, then item id); a ranked list
+expands a title into its items in that order.
+
+A `TrieView` restricts a trie to the items one request may receive (allow-list, deny-list such as the
+user's history) without copying it: it counts, for each node, the live items below it, so a branch with
+no live item is never offered to the decoder and no list comes back short because of filtering.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Iterable, Mapping, Sequence
+
+ROOT = 0
+
+
+class TitleTrie:
+    def __init__(self, item_tokens: Mapping[str, Sequence[int]], tie_order: Callable[[str], object] | None = None):
+        """`item_tokens`: item id -> its title's tokens followed by the close delimiter."""
+        self.children: list[dict[int, int]] = [{}]
+        self.items_at: dict[int, list[str]] = {}
+        self.item_count: list[int] = [0]
+        self.leaf_of: dict[str, int] = {}
+        self._parent: list[int] = [-1]
+        for item_id, tokens in item_tokens.items():
+            node = ROOT
+            self.item_count[ROOT] += 1
+            for tok in tokens:
+                child = self.children[node].get(tok)
+                if child is None:
+                    child = len(self.children)
+                    self.children[node][tok] = child
+                    self.children.append({})
+                    self.item_count.append(0)
+                    self._parent.append(node)
+                node = child
+                self.item_count[node] += 1
+            if self.children[node]:
+                raise ValueError(f"item {item_id}: its token path is a prefix of another title's path")
+            self.items_at.setdefault(node, []).append(item_id)
+            self.leaf_of[item_id] = node
+        key = tie_order or (lambda item: item)
+        for items in self.items_at.values():
+            items.sort(key=key)
+
+    @classmethod
+    def from_catalog(cls, titles: Mapping[str, str], builder, popularity: Counter | None = None) -> "TitleTrie":
+        close = builder.item_close_id
+        popularity = popularity or Counter()
+        return cls(
+            {item: (*builder.title_tokens(title), close) for item, title in titles.items()},
+            tie_order=lambda item: (-popularity[item], item),
+        )
+
+    def path(self, item_id: str) -> list[int]:
+        """Nodes from the item's leaf up to the root (both included)."""
+        node, nodes = self.leaf_of[item_id], []
+        while node != -1:
+            nodes.append(node)
+            node = self._parent[node]
+        return nodes
+
+    def view(self, allow: Iterable[str] | None = None, deny: Iterable[str] = ()) -> "TrieView":
+        return TrieView(self, allow, deny)
+
+
+class TrieView:
+    """The trie restricted to allowed items: live item counts per node, as an overlay."""
+
+    def __init__(self, trie: TitleTrie, allow: Iterable[str] | None, deny: Iterable[str]):
+        self.trie = trie
+        deny = set(deny) & trie.leaf_of.keys()
+        if allow is None:  # everything but the denied items: subtract them from the trie's counts
+            self._base, sign, changed = trie.item_count, -1, deny
+            self.is_live = lambda item: item not in deny
+        else:  # only the allowed items: count them from zero
+            live = (set(allow) & trie.leaf_of.keys()) - deny
+            self._base, sign, changed = None, 1, live
+            self.is_live = live.__contains__
+        self._delta: Counter = Counter()
+        for item in changed:
+            for node in trie.path(item):
+                self._delta[node] += sign
+
+    def live_count(self, node: int) -> int:
+        base = self._base[node] if self._base is not None else 0
+        return base + self._delta[node]
+
+    def allowed(self, node: int) -> list[tuple[int, int]]:
+        """(token, child) pairs that lead to at least one live item."""
+        return [(tok, child) for tok, child in self.trie.children[node].items() if self.live_count(child) > 0]
+
+    def items(self, leaf: int) -> list[str]:
+        """Live items at a leaf, in tie order."""
+        return [i for i in self.trie.items_at.get(leaf, []) if self.is_live(i)]
+
+    def is_leaf(self, node: int) -> bool:
+        return node in self.trie.items_at

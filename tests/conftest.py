@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny dataset, tokenizer and randomly initialised HatLLM model (seconds to build)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from hatllm.masks import parse_schedule
+from hatllm.modeling import HAT_ATTENTION, make_config
+from hatllm.prompt import DEFAULT_INSTRUCTION, PromptBuilder
+from hatllm.tokenizer import ITEM_CLOSE, ITEM_OPEN, train_tokenizer
+
+TITLES = {
+    "1": "Toy Story (1995)",
+    "2": "Jumanji (1995)",
+    "3": "Heat (1995)",
+    "4": "Emma (1996)",
+    "5": "Emma (1996)",  # duplicate title, another item
+    "6": "Toy Story 2 (1999)",
+    "7": "Casino (1995)",
+    "8": "Sabrina (1995)",
+}
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_tokenizer([*TITLES.values(), DEFAULT_INSTRUCTION], vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def builder(tokenizer):
+    open_id, close_id = tokenizer.convert_tokens_to_ids([ITEM_OPEN, ITEM_CLOSE])
+    return PromptBuilder(tokenizer, open_id, close_id, DEFAULT_INSTRUCTION)
+
+
+def tiny_model(tokenizer, builder, schedule: str, layers: int = 3, seed: int = 0) -> LlamaForCausalLM:
+    config = make_config(
+        len(tokenizer), "tiny", parse_schedule(schedule, layers), builder.item_open_id, builder.item_close_id,
+        DEFAULT_INSTRUCTION, tokenizer.bos_token_id, tokenizer.pad_token_id, layers,
+    )
+    config._attn_implementation = HAT_ATTENTION
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def hat_model(tokenizer, builder):
+    return tiny_model(tokenizer, builder, "IN,OR,CR")
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A canonical-format dataset with enough users for a split and a short training run."""
+    root = tmp_path_factory.mktemp("tiny-dataset")
+    items = "item_id,title\n" + "".join(f'{i},"{t}"\n' for i, t in TITLES.items())
+    rows = []
+    for user in range(12):
+        seq = [str(1 + (user + step * (1 + user % 3)) % len(TITLES)) for step in range(6)]
+        rows += [f"u{user},{item},{t}\n" for t, item in enumerate(seq)]
+    (root / "items.csv").write_text(items)
+    (root / "interactions.csv").write_text("user_id,item_id,timestamp\n" + "".join(rows))
+    return root

@@ -1,0 +1,92 @@
+"""Catalog trie and the reference constrained beam search."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from hatllm.beam_search import constrained_beam_search
+from hatllm.modeling import forward, logits
+from hatllm.trie import ROOT, TitleTrie
+from tests.conftest import TITLES
+
+HISTORY = ["Heat (1995)", "Casino (1995)"]
+
+
+@pytest.fixture(scope="module")
+def trie(builder):
+    return TitleTrie.from_catalog(TITLES, builder, Counter({"5": 3, "4": 1}))
+
+
+def brute_force_scores(model, builder, view, history):
+    """Each live item's renormalised log-probability, by teacher forcing its whole title."""
+    prompt = builder.prompt(history)
+    scores = {}
+    for leaf, items in view.trie.items_at.items():
+        live = view.items(leaf)
+        if not live:
+            continue
+        path = (*builder.title_tokens(TITLES[live[0]]), builder.item_close_id)
+        with torch.no_grad():
+            out = logits(model, forward(model, torch.tensor([prompt + list(path)])).hidden)[0]
+        node, total = ROOT, 0.0
+        for i, tok in enumerate(path):
+            allowed = [t for t, _ in view.allowed(node)]
+            lp = out[len(prompt) - 1 + i, allowed].log_softmax(-1)
+            total += lp[allowed.index(tok)].item()
+            node = view.trie.children[node][tok]
+        for item in live:
+            scores[item] = total
+    return scores
+
+
+def test_trie_structure(trie, builder):
+    assert trie.item_count[ROOT] == len(TITLES)
+    leaf = trie.leaf_of["4"]
+    assert trie.items_at[leaf] == ["5", "4"]  # duplicate title: more popular first
+    assert trie.leaf_of["5"] == leaf
+
+
+def test_view_counts(trie):
+    view = trie.view(deny=["1", "4"])
+    assert view.live_count(ROOT) == len(TITLES) - 2
+    assert view.items(trie.leaf_of["4"]) == ["5"]
+    only = trie.view(allow=["2", "3", "99"], deny=["3"])
+    assert only.live_count(ROOT) == 1
+    assert only.live_count(trie.leaf_of["3"]) == 0
+    first_token = trie.path("2")[-2]  # the node under the root on item 2's path
+    assert only.allowed(ROOT) == [(tok, child) for tok, child in trie.children[ROOT].items() if child == first_token]
+
+
+def test_scores_match_brute_force_and_are_sorted(hat_model, builder, trie):
+    view = trie.view(deny=["3", "7"])
+    result = constrained_beam_search(hat_model, builder.prompt(HISTORY), view, num_items=len(TITLES), beam_width=16)
+    exact = brute_force_scores(hat_model, builder, view, HISTORY)
+    got = dict(result.items)
+    assert set(got) == set(exact) == set(TITLES) - {"3", "7"}  # every live item, nothing denied
+    for item, score in got.items():
+        assert score == pytest.approx(exact[item], abs=1e-4)
+    scores = [s for _, s in result.items]
+    assert scores == sorted(scores, reverse=True)
+    per_title = {TITLES[item]: score for item, score in exact.items()}
+    assert sum(torch.tensor(list(per_title.values())).exp().tolist()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_top_k_is_exact_with_wide_beam(hat_model, builder, trie):
+    view = trie.view()
+    exact = brute_force_scores(hat_model, builder, view, HISTORY)
+    top = constrained_beam_search(hat_model, builder.prompt(HISTORY), view, num_items=3, beam_width=8).items
+    assert [s for _, s in top] == pytest.approx(sorted(exact.values(), reverse=True)[:3], abs=1e-4)
+
+
+def test_duplicate_titles_all_returned_with_same_score(hat_model, builder, trie):
+    result = constrained_beam_search(hat_model, builder.prompt(HISTORY), trie.view(), len(TITLES), 16)
+    items = [i for i, _ in result.items]
+    scores = dict(result.items)
+    assert len(items) == len(set(items)) == len(TITLES)
+    assert scores["4"] == scores["5"] and items.index("5") == items.index("4") - 1
+
+
+def test_short_list_when_few_items_allowed(hat_model, builder, trie):
+    result = constrained_beam_search(hat_model, builder.prompt(HISTORY), trie.view(allow=["2", "6"]), 10, 10)
+    assert sorted(i for i, _ in result.items) == ["2", "6"]
