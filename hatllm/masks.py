@@ -53,23 +53,51 @@ def item_starts(
     just before it (``NO_OPEN_ITEM`` if none): together they let a chunk or a single decode token be
     processed knowing only the state left by the previous token. Both broadcast over leading dims.
     """
-    T = token_ids.shape[-1]
-    offset = torch.as_tensor(offset, device=token_ids.device)
-    carry = torch.as_tensor(carry, device=token_ids.device)
-    pos = torch.arange(T, device=token_ids.device) + offset[..., None]
-    pos = pos.expand(token_ids.shape)
-    is_open, is_close = token_ids == open_id, token_ids == close_id
-    # Latest open at or before each token; the carry stands for an open before the chunk.
-    last_open = torch.where(is_open, pos, torch.full_like(pos, NO_OPEN_ITEM)).cummax(-1).values
-    last_open = torch.maximum(last_open, carry[..., None].expand_as(pos))
+    shape, T = token_ids.shape, token_ids.shape[-1]
+    device = token_ids.device
+    rows = token_ids.reshape(-1, T)
+    offset = torch.as_tensor(offset, device=device).expand(shape[:-1]).reshape(-1)
+    carry = torch.as_tensor(carry, device=device).expand(shape[:-1]).reshape(-1)
+    positions = (offset[:, None] + torch.arange(T, device=device)).reshape(-1)
+    bounds = torch.arange(0, rows.numel() + 1, T, device=device)
+    return packed_item_starts(rows.reshape(-1), positions, bounds, open_id, close_id, carry).reshape(shape)
+
+
+def packed_item_starts(
+    token_ids: torch.Tensor,
+    positions: torch.Tensor,
+    bounds: torch.Tensor,
+    open_id: int,
+    close_id: int,
+    carry: torch.Tensor,
+) -> torch.Tensor:
+    """``item_start`` for the tokens of several sequences packed in one dim (as an engine step has them).
+
+    Sequence r owns tokens ``bounds[r]:bounds[r + 1]`` at absolute ``positions``, and ``carry[r]`` is the
+    start of its item still open before its first token (NO_OPEN_ITEM if none).
+    """
+    device = token_ids.device
+    counts = bounds[1:] - bounds[:-1]
+    seq = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
+    positions = positions.long()
+    # Shift each sequence's positions above every earlier sequence's, so that running maxima over the
+    # packed tokens restart at each sequence: ``base - 1`` means "none" within a sequence.
+    stride = int(positions.max()) + 2 if positions.numel() else 1
+    base = seq * stride
+    none = base - 1
+    shifted = base + positions
+    # Latest open at or before each token; the carry stands for an open before the sequence's tokens.
+    last_open = torch.where(token_ids == open_id, shifted, none).cummax(0).values
+    carried = carry.long()[seq]
+    last_open = torch.maximum(last_open, torch.where(carried != NO_OPEN_ITEM, base + carried, none))
     # Latest close strictly before each token: a close token still belongs to its item.
-    close_pos = torch.where(is_close, pos, torch.full_like(pos, NO_OPEN_ITEM))
-    prev_close = torch.cat(
-        [torch.full_like(close_pos[..., :1], NO_OPEN_ITEM), close_pos[..., :-1]], dim=-1
-    ).cummax(-1).values
+    prev_close = torch.where(token_ids == close_id, shifted, none).roll(1)
+    firsts = bounds[:-1][counts > 0]
+    prev_close[firsts] = none[firsts]
+    prev_close = prev_close.cummax(0).values
     # A close with no open item before it is thereby a stray token, outside items.
-    in_item = (last_open != NO_OPEN_ITEM) & (last_open > prev_close)
-    return torch.where(in_item, last_open, pos + 1)
+    in_item = (last_open != none) & (last_open > prev_close)
+    return torch.where(in_item, last_open - base, positions + 1)
 
 
 def carry_after(starts: torch.Tensor, token_ids: torch.Tensor, close_id: int, last_pos: int | torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hatllm.masks import NO_OPEN_ITEM, item_starts
+from hatllm.masks import NO_OPEN_ITEM, packed_item_starts
 
 NO_FIRST_ITEM = torch.iinfo(torch.int32).max  # no item yet: every key of the prefix is visible in IN
 
@@ -45,28 +45,26 @@ class SegmentTracker:
         self._ensure_capacity(num_slots, input_ids.device)
         n = meta.num_actual_tokens
         ids, pos, slots = input_ids[:n], positions[:n].long(), meta.slot_mapping[:n].long()
-        starts = torch.empty(n, dtype=torch.long, device=ids.device)
-        first = torch.empty(n, dtype=torch.long, device=ids.device)
-        bounds = meta.query_start_loc.tolist()
-        for r in range(len(bounds) - 1):
-            a, b = bounds[r], bounds[r + 1]
-            if a == b:
-                continue
-            p0 = int(pos[a])
-            if p0 > 0:
-                prev = meta.block_table[r, (p0 - 1) // block_size].long() * block_size + (p0 - 1) % block_size
-                carry, first_prev = int(self.carry[prev]), int(self.first[prev])
-            else:
-                carry, first_prev = NO_OPEN_ITEM, NO_FIRST_ITEM
-            chunk = ids[a:b]
-            chunk_starts = item_starts(chunk, self.open_id, self.close_id, offset=p0, carry=carry)
-            starts[a:b] = chunk_starts
-            opens = torch.nonzero(chunk == self.open_id)
-            p_first = first_prev if first_prev != NO_FIRST_ITEM or not len(opens) else p0 + int(opens[0])
-            first[a:b] = p_first
-            chunk_pos = pos[a:b]
-            in_item = (chunk_starts <= chunk_pos) & (chunk != self.close_id)
-            self.carry[slots[a:b]] = torch.where(in_item, chunk_starts, NO_OPEN_ITEM).int()
-            self.first[slots[a:b]] = torch.where(chunk_pos >= p_first, p_first, NO_FIRST_ITEM).int()
-        self.step = StepSegments(starts, first)
+        bounds = meta.query_start_loc.long()
+        counts = bounds[1:] - bounds[:-1]
+        num_reqs = len(counts)
+        seq = torch.repeat_interleave(torch.arange(num_reqs), counts)
+        # State left by each request's previous token (none for a request starting at position 0).
+        first_pos = pos[bounds[:-1].clamp(max=max(n - 1, 0))]
+        prev = (first_pos - 1).clamp(min=0)
+        prev_slot = meta.block_table[:num_reqs].long().gather(1, (prev // block_size)[:, None])[:, 0] * block_size
+        prev_slot += prev % block_size
+        has_prev = (first_pos > 0) & (counts > 0)
+        carry = torch.where(has_prev, self.carry[prev_slot].long(), NO_OPEN_ITEM)
+        first_prev = torch.where(has_prev, self.first[prev_slot].long(), NO_FIRST_ITEM)
+
+        starts = packed_item_starts(ids, pos, bounds, self.open_id, self.close_id, carry)
+        opens = torch.where(ids == self.open_id, pos, NO_FIRST_ITEM)
+        first_open = torch.full((num_reqs,), NO_FIRST_ITEM, dtype=torch.long).scatter_reduce(0, seq, opens, "amin")
+        first_item = torch.minimum(first_prev, first_open)[seq]
+
+        in_item = (starts <= pos) & (ids != self.close_id)
+        self.carry[slots] = torch.where(in_item, starts, NO_OPEN_ITEM).int()
+        self.first[slots] = torch.where(pos >= first_item, first_item, NO_FIRST_ITEM).int()
+        self.step = StepSegments(starts, first_item)
         return self.step

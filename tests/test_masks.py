@@ -119,3 +119,17 @@ def test_schedules():
         parse_schedule("IN,XX", 2)
     with pytest.raises(ValueError):
         hat_schedule(2, 2, 1)
+
+
+def test_packed_sequences_equal_one_by_one():
+    from hatllm.masks import packed_item_starts
+
+    chunks = [(SEQ, 0, NO_OPEN_ITEM), (SEQ[4:9], 4, 3), ([], 0, NO_OPEN_ITEM), ([CLOSE, OPEN, 20], 40, 38), ([21], 12, NO_OPEN_ITEM)]
+    ids = torch.tensor([t for c, _, _ in chunks for t in c])
+    positions = torch.tensor([off + i for c, off, _ in chunks for i in range(len(c))])
+    bounds = torch.tensor([0] + list(torch.tensor([len(c) for c, _, _ in chunks]).cumsum(0)))
+    carry = torch.tensor([c for _, _, c in chunks])
+    packed = packed_item_starts(ids, positions, bounds, OPEN, CLOSE, carry)
+    expected = [item_starts(torch.tensor(c), OPEN, CLOSE, off, cy) for c, off, cy in chunks if c]
+    assert packed.tolist() == torch.cat(expected).tolist()
+    assert packed[len(SEQ):len(SEQ) + 5].tolist() == [3, 3, 3, 7, 7]  # carried item 1, then item 2
