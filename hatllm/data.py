@@ -139,8 +139,8 @@ def _build(
     name: str,
     items: list[tuple[str, str, str]],  # (item id, title, where)
     interactions: list[tuple[str, str, int, str]],  # (user, item, timestamp, where)
-    report: LoadReport,
 ) -> Dataset:
+    report = LoadReport()
     titles: dict[str, str] = {}
     for item_id, title, where in items:
         title = " ".join(title.split())  # newlines/tabs inside a title would break item boundaries
@@ -167,41 +167,35 @@ def _build(
     return Dataset(name, Catalog(titles), sequences, report)
 
 
-def load_canonical(root: Path) -> Dataset:
-    report = LoadReport()
-    items_path, inter_path = root / "items.csv", root / "interactions.csv"
-    _, item_rows = _csv_rows(items_path, ["item_id", "title"])
-    items = [(r["item_id"].strip(), r["title"], f"{items_path.name}:{n}") for n, r in item_rows]
-    _, inter_rows = _csv_rows(inter_path, ["user_id", "item_id", "timestamp"])
+def _load_csv_pair(name: str, items_path: Path, item_cols: tuple[str, str], inter_path: Path,
+                   inter_cols: tuple[str, str, str]) -> Dataset:
+    """Items and interactions from two headed CSV files, by column names."""
+    item_id, title = item_cols
+    user, item, timestamp = inter_cols
+    _, item_rows = _csv_rows(items_path, [item_id, title])
+    items = [(r[item_id].strip(), r[title], f"{items_path.name}:{n}") for n, r in item_rows]
+    _, inter_rows = _csv_rows(inter_path, [user, item, timestamp])
     interactions = [
-        (
-            r["user_id"].strip(),
-            r["item_id"].strip(),
-            _integer(r["timestamp"], inter_path, n, "timestamp"),
-            f"{inter_path.name}:{n}",
-        )
+        (r[user].strip(), r[item].strip(), _integer(r[timestamp], inter_path, n, timestamp), f"{inter_path.name}:{n}")
         for n, r in inter_rows
     ]
-    return _build(root.name if root.name != "canonical" else root.parent.name, items, interactions, report)
+    return _build(name, items, interactions)
+
+
+def load_canonical(root: Path) -> Dataset:
+    name = root.parent.name if root.name == "canonical" else root.name
+    return _load_csv_pair(name, root / "items.csv", ("item_id", "title"),
+                          root / "interactions.csv", ("user_id", "item_id", "timestamp"))
 
 
 def load_movielens_latest(root: Path) -> Dataset:
-    report = LoadReport()
-    movies, ratings = root / "movies.csv", root / "ratings.csv"
-    _, item_rows = _csv_rows(movies, ["movieId", "title"])
-    items = [(r["movieId"].strip(), r["title"], f"{movies.name}:{n}") for n, r in item_rows]
-    _, rating_rows = _csv_rows(ratings, ["userId", "movieId", "timestamp"])
-    interactions = [
-        (r["userId"].strip(), r["movieId"].strip(), _integer(r["timestamp"], ratings, n, "timestamp"), f"{ratings.name}:{n}")
-        for n, r in rating_rows
-    ]
-    return _build(root.name, items, interactions, report)
+    return _load_csv_pair(root.name, root / "movies.csv", ("movieId", "title"),
+                          root / "ratings.csv", ("userId", "movieId", "timestamp"))
 
 
 def _load_movielens_delimited(
     root: Path, items_file: str, ratings_file: str, item_sep: str, rating_sep: str
 ) -> Dataset:
-    report = LoadReport()
     items_path, ratings_path = root / items_file, root / ratings_file
     items = [
         (f[0].strip(), f[1], f"{items_file}:{n}")
@@ -211,7 +205,7 @@ def _load_movielens_delimited(
         (f[0].strip(), f[1].strip(), _integer(f[3].strip(), ratings_path, n, "timestamp"), f"{ratings_file}:{n}")
         for n, f in _delimited_rows(ratings_path, rating_sep, 4, "latin-1")
     ]
-    return _build(root.name, items, interactions, report)
+    return _build(root.name, items, interactions)
 
 
 def load_movielens_100k(root: Path) -> Dataset:
