@@ -44,7 +44,7 @@ def prompts_from_dataset(model_dir: Path, count: int) -> list[list[int]]:
 def larger_model(default: Path, out: Path) -> Path:
     """Same tokenizer and schedule, hidden size x2 (about 4x the compute per token), random weights."""
     import torch
-    from transformers import AutoConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
     from hatllm.modeling import HAT_ATTENTION, save_model
 
@@ -55,8 +55,6 @@ def larger_model(default: Path, out: Path) -> Path:
     config.num_key_value_heads *= 2
     config._attn_implementation = HAT_ATTENTION
     torch.manual_seed(0)
-    from transformers import AutoTokenizer
-
     save_model(LlamaForCausalLM(config), AutoTokenizer.from_pretrained(default), out)
     return out
 
@@ -135,6 +133,7 @@ def main() -> None:
     shutil.rmtree(tmp)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1))
+    Path(args.out).with_suffix(".md").write_text(format_table(results) + "\n")
     print(format_table(results))
 
 
