@@ -3,19 +3,20 @@
 OR layers keep vLLM's own fused CPU kernel and cache layout untouched. An IN or CR layer gets this
 implementation instead (a subclass of vLLM's, swapped in by the model class): it writes its keys and
 values into its own KV-cache tensor in a slot-major layout, ``[slot, kv_head, K | V]`` (the tensor's
-memory reinterpreted, one row per token), gathers each request's keys by slot, and runs SDPA with the
-mask of ``hatllm.masks.layer_mask`` built from the step's item segments. The cache tensor, its size and its blocks are vLLM's; only the layout
+memory reinterpreted, one row per token), and computes attention with a small C++ kernel
+(``csrc/hat_attention.cpp``) that walks, per query, the at most two contiguous key ranges its mask
+allows (``hatllm.masks.layer_mask`` written as intervals), reading keys through the block table. The cache tensor, its size and its blocks are vLLM's; only the layout
 inside an IN/CR layer's tensor is ours, so prefix caching, preemption and block reuse work unchanged.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
 
-from hatllm.masks import LayerType, layer_mask
+from hatllm.masks import LayerType
 
+from .kernels import LAYER_CODES, hat_attention_ops
 from .segments import SegmentTracker
 
 
@@ -50,30 +51,12 @@ class HatCPUAttentionImpl(CPUAttentionBackendImpl):
             return output
         meta, step = attn_metadata, self.tracker.step
         n = meta.num_actual_tokens
-        block_size, head = kv_cache.shape[2], kv_cache.shape[3] // 2
         qsl, seq_lens = meta.query_start_loc.long(), meta.seq_lens.long()
         num_q = qsl[1:] - qsl[:-1]
-        num_reqs, max_q, max_len = len(seq_lens), int(num_q.max()), int(seq_lens.max())
-
-        # Keys/values of every request by slot, padded to the longest: [R, kv_heads, max_len, head].
-        key_pos = torch.arange(max_len)
-        blocks = meta.block_table[:num_reqs].long().gather(1, (key_pos // block_size).expand(num_reqs, max_len))
-        kv = self._slot_rows(kv_cache)[blocks * block_size + key_pos % block_size]  # [R, max_len, kv_heads, 2h]
-        k, v = kv[..., :head].transpose(1, 2), kv[..., head:].transpose(1, 2)
-
-        # Queries, padded per request: [R, heads, max_q, head].
-        offsets = torch.arange(max_q)
-        token = qsl[:-1, None] + offsets  # [R, max_q]
-        real = offsets < num_q[:, None]
-        token = torch.where(real, token, 0)
-        q = query[:n][token].transpose(1, 2)
-        q_pos = seq_lens[:, None] - num_q[:, None] + offsets  # absolute positions
-
-        mask = layer_mask(self.layer_type, step.starts[token], q_pos, key_pos, step.first_item[token][:, 0])
-        mask &= key_pos < seq_lens[:, None, None]
-        mask[..., 0] |= ~real  # padded query rows: any key, output discarded (avoids all-masked NaN rows)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask[:, None], scale=self.scale, enable_gqa=self.num_queries_per_kv > 1
+        request = torch.repeat_interleave(torch.arange(len(num_q)), num_q)
+        query_pos = seq_lens[request] - num_q[request] + torch.arange(n) - qsl[request]
+        hat_attention_ops().hat_attention(
+            query[:n], self._slot_rows(kv_cache), output[:n], request, query_pos, step.starts, step.first_item,
+            meta.block_table.int(), kv_cache.shape[2], self.scale, LAYER_CODES[self.layer_type.value],
         )
-        output[:n][token[real]] = out.transpose(1, 2)[real].to(output.dtype)
         return output

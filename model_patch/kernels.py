@@ -1,0 +1,22 @@
+"""The C++ IN/CR attention kernel (csrc/hat_attention.cpp), compiled on first use and cached.
+
+torch's JIT extension build compiles it once per machine (about a minute) into TORCH_EXTENSIONS_DIR
+(default ~/.cache/torch_extensions); later engine starts load the cached library.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from torch.utils.cpp_extension import load
+
+SOURCE = Path(__file__).parent / "csrc" / "hat_attention.cpp"
+LAYER_CODES = {"IN": 0, "CR": 2}
+# Reassociation lets the compiler vectorise the dot products; infinities stay IEEE (no -ffast-math).
+CFLAGS = ["-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
+
+
+@functools.cache
+def hat_attention_ops():
+    return load(name="hat_attention_cpu", sources=[str(SOURCE)], extra_cflags=CFLAGS, verbose=False)

@@ -1,0 +1,44 @@
+"""The C++ IN/CR kernel computes exactly hatllm.masks.layer_mask attention over paged cache rows."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hatllm.masks import layer_mask
+from model_patch.kernels import LAYER_CODES, hat_attention_ops
+
+
+def reference(q, rows, block_table, request, query_pos, starts, first, kind, block_size, seq_lens):
+    heads, head = q.shape[1], q.shape[2]
+    out = torch.empty_like(q, dtype=torch.float32)
+    for t in range(q.shape[0]):
+        r = int(request[t])
+        keys = torch.arange(int(seq_lens[r]))
+        slots = block_table[r].long()[keys // block_size] * block_size + keys % block_size
+        k = rows[slots, :, :head].float().repeat_interleave(heads // rows.shape[1], 1).transpose(0, 1)
+        v = rows[slots, :, head:].float().repeat_interleave(heads // rows.shape[1], 1).transpose(0, 1)
+        mask = layer_mask(kind, starts[t : t + 1], query_pos[t : t + 1], keys, first[t : t + 1])
+        out[t] = F.scaled_dot_product_attention(q[t].float()[:, None], k, v, attn_mask=mask, scale=head**-0.5)[:, 0]
+    return out
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("kind", ["IN", "CR"])
+def test_kernel_equals_masked_sdpa(kind, dtype, tol):
+    torch.manual_seed(0)
+    heads, kv_heads, head, block_size, blocks = 4, 2, 64, 32, 20  # grouped-query attention
+    seq_lens, num_q = torch.tensor([70, 33, 100, 12]), torch.tensor([70, 1, 5, 12])  # prefill, decode, chunk
+    request = torch.repeat_interleave(torch.arange(4), num_q)
+    bounds = torch.cat([torch.zeros(1, dtype=torch.long), num_q.cumsum(0)])
+    query_pos = seq_lens[request] - num_q[request] + torch.arange(len(request)) - bounds[request]
+    first = torch.where(request == 3, 1 << 31, 10)  # request 3 has no item yet: a causal prefix
+    starts = torch.where((query_pos < 10) | (request == 3), query_pos + 1, (query_pos // 7) * 7).clamp(min=0)
+    starts = torch.where((query_pos >= 10) & (request != 3), starts.clamp(min=10), starts)
+    rows = torch.randn(blocks * block_size, kv_heads, 2 * head).to(dtype)
+    block_table = torch.randperm(blocks)[:16].reshape(4, 4).int()
+    q = torch.randn(len(request), heads, head).to(dtype)
+    out = torch.empty_like(q)
+    hat_attention_ops().hat_attention(q, rows, out, request, query_pos, starts, first, block_table, block_size,
+                                      head**-0.5, LAYER_CODES[kind])
+    expected = reference(q, rows, block_table, request, query_pos, starts, first, kind, block_size, seq_lens)
+    torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
