@@ -38,7 +38,7 @@ def test_kernel_equals_masked_sdpa(kind, dtype, tol):
     block_table = torch.randperm(blocks)[:16].reshape(4, 4).int()
     q = torch.randn(len(request), heads, head).to(dtype)
     out = torch.empty_like(q)
-    hat_attention_ops().hat_attention(q, rows, out, request, query_pos, starts, first, block_table, block_size,
-                                      head**-0.5, LAYER_CODES[kind])
+    hat_attention_ops().hat_attention(q, rows, out, bounds.int(), seq_lens.int(), query_pos, starts, first,
+                                      block_table, block_size, head**-0.5, LAYER_CODES[kind])
     expected = reference(q, rows, block_table, request, query_pos, starts, first, kind, block_size, seq_lens)
     torch.testing.assert_close(out.float(), expected, atol=tol, rtol=tol)
