@@ -91,6 +91,8 @@ def run_engine(model: str, dtype: str, stock: bool, prompts: list[list[int]], qu
             "decode_tokens_per_s": round(batch * (DECODE_TOKENS - 1) / max(total_s - prefill_s, 1e-9), 1),
             "latency_s_p50": round(statistics.median(latencies), 4),
         }
+    # Stop the engine's processes before reporting: a leftover worker would load the next measurement.
+    llm.llm_engine.engine_core.shutdown()
     queue.put(result)
 
 
@@ -101,6 +103,8 @@ def measure(model: Path, dtype: str, stock: bool, prompts) -> dict:
     proc.start()
     result = queue.get(timeout=900)
     proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
     return result
 
 
