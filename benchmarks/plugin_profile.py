@@ -80,11 +80,10 @@ def main() -> None:
         query = torch.randn(len(ids), HEADS, HEAD)
         out = torch.empty_like(query)
         flat = rows.view(num_slots, HEADS, 2 * HEAD)
-        q_pos = positions.long()
 
         def layer(kind):
-            return lambda: ops.hat_attention(query, flat, out, meta.query_start_loc, meta.seq_lens, q_pos, seg.starts,
-                                             seg.first_item, meta.block_table, BLOCK, HEAD**-0.5, LAYER_CODES[kind])
+            return lambda: ops.hat_attention(query, flat, out, meta.query_start_loc, meta.seq_lens, seg.positions,
+                                             seg.starts, seg.first_item, meta.block_table, BLOCK, HEAD**-0.5, LAYER_CODES[kind])
 
         try:
             fused_ms = f"{timed(vllm_kernel(meta, rows, query, out)):.3f}"

@@ -100,11 +100,11 @@ def packed_item_starts(
     return torch.where(in_item, last_open - base, positions + 1)
 
 
-def carry_after(starts: torch.Tensor, token_ids: torch.Tensor, close_id: int, last_pos: int | torch.Tensor) -> torch.Tensor:
-    """The ``carry`` for the token after the last one (at ``last_pos``): its open item's start or NO_OPEN_ITEM."""
-    last_start = starts[..., -1]
-    still_open = (last_start <= torch.as_tensor(last_pos)) & (token_ids[..., -1] != close_id)
-    return torch.where(still_open, last_start, torch.full_like(last_start, NO_OPEN_ITEM))
+def carry_after(starts: torch.Tensor, token_ids: torch.Tensor, positions: torch.Tensor | int, close_id: int) -> torch.Tensor:
+    """The ``carry`` each token leaves for the next one: the start of its item if that item is still
+    open after it (an item token other than the close delimiter), else NO_OPEN_ITEM. Element-wise."""
+    still_open = (starts <= torch.as_tensor(positions)) & (token_ids != close_id)
+    return torch.where(still_open, starts, torch.full_like(starts, NO_OPEN_ITEM))
 
 
 def first_item_position(token_ids: torch.Tensor, open_id: int) -> torch.Tensor:

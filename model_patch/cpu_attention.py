@@ -51,12 +51,9 @@ class HatCPUAttentionImpl(CPUAttentionBackendImpl):
             return output
         meta, step = attn_metadata, self.tracker.step
         n = meta.num_actual_tokens
-        qsl, seq_lens = meta.query_start_loc, meta.seq_lens
-        num_q = (qsl[1:] - qsl[:-1]).long()
-        request = torch.repeat_interleave(torch.arange(len(num_q)), num_q)
-        query_pos = seq_lens.long()[request] - num_q[request] + torch.arange(n) - qsl.long()[request]
         hat_attention_ops().hat_attention(
-            query[:n], self._slot_rows(kv_cache), output[:n], qsl.int(), seq_lens.int(), query_pos, step.starts,
-            step.first_item, meta.block_table.int(), kv_cache.shape[2], self.scale, LAYER_CODES[self.layer_type.value],
+            query[:n], self._slot_rows(kv_cache), output[:n], meta.query_start_loc.int(), meta.seq_lens.int(),
+            step.positions, step.starts, step.first_item, meta.block_table.int(), kv_cache.shape[2], self.scale,
+            LAYER_CODES[self.layer_type.value],
         )
         return output

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hatllm.masks import NO_OPEN_ITEM, packed_item_starts
+from hatllm.masks import NO_OPEN_ITEM, carry_after, packed_item_starts
 
 NO_FIRST_ITEM = torch.iinfo(torch.int32).max  # no item yet: every key of the prefix is visible in IN
 
@@ -24,6 +24,7 @@ NO_FIRST_ITEM = torch.iinfo(torch.int32).max  # no item yet: every key of the pr
 class StepSegments:
     """Per token of the current step (the first num_actual_tokens): item start and P."""
 
+    positions: torch.Tensor  # [num_tokens] int64, absolute
     starts: torch.Tensor  # [num_tokens] int64
     first_item: torch.Tensor  # [num_tokens] int64
 
@@ -63,8 +64,7 @@ class SegmentTracker:
         first_open = torch.full((num_reqs,), NO_FIRST_ITEM, dtype=torch.long).scatter_reduce(0, seq, opens, "amin")
         first_item = torch.minimum(first_prev, first_open)[seq]
 
-        in_item = (starts <= pos) & (ids != self.close_id)
-        self.carry[slots] = torch.where(in_item, starts, NO_OPEN_ITEM).int()
+        self.carry[slots] = carry_after(starts, ids, pos, self.close_id).int()
         self.first[slots] = torch.where(pos >= first_item, first_item, NO_FIRST_ITEM).int()
-        self.step = StepSegments(starts, first_item)
+        self.step = StepSegments(pos, starts, first_item)
         return self.step

@@ -88,7 +88,7 @@ def test_chunks_with_carry_equal_whole_sequence():
     whole = item_starts(ids, OPEN, CLOSE)
     for cut in range(1, len(SEQ)):
         head = item_starts(ids[:cut], OPEN, CLOSE)
-        carry = carry_after(head, ids[:cut], CLOSE, cut - 1)
+        carry = carry_after(head[-1], ids[cut - 1], cut - 1, CLOSE)
         tail = item_starts(ids[cut:], OPEN, CLOSE, offset=cut, carry=carry)
         assert torch.equal(torch.cat([head, tail]), whole), cut
 
@@ -96,9 +96,9 @@ def test_chunks_with_carry_equal_whole_sequence():
 def test_carry_values():
     ids = torch.tensor(SEQ)
     starts = item_starts(ids, OPEN, CLOSE)
-    assert carry_after(starts[:5], ids[:5], CLOSE, 4).item() == 3  # inside item 1
-    assert carry_after(starts[:7], ids[:7], CLOSE, 6).item() == NO_OPEN_ITEM  # right after its close
-    assert carry_after(starts[:2], ids[:2], CLOSE, 1).item() == NO_OPEN_ITEM  # in the prefix
+    assert carry_after(starts[4], ids[4], 4, CLOSE).item() == 3  # inside item 1
+    assert carry_after(starts[6], ids[6], 6, CLOSE).item() == NO_OPEN_ITEM  # right after its close
+    assert carry_after(starts[1], ids[1], 1, CLOSE).item() == NO_OPEN_ITEM  # in the prefix
 
 
 def test_masks_are_prefix_consistent():
