@@ -1,21 +1,29 @@
-"""Reference catalog-constrained beam search with the HF model (exact, simple, not fast).
+"""Catalog-constrained beam search: one algorithm, driven by any scorer (HF reference or vLLM engine).
 
 Scores. At each step the model's next-token distribution is renormalised over the tokens the trie
 allows at that node (for this request's view); an item's score is the sum of those log-probabilities
 along its title and close delimiter, i.e. its log-probability under the model *restricted to the allowed
-items*. A token the trie forces (one allowed child) therefore adds exactly 0. Scores are not length
-normalised.
+items*. A token the trie forces (one allowed child) therefore adds exactly 0 and needs no model step:
+chains of forced tokens are appended at once. Scores are not length normalised.
 
-Search. Active beams start at the trie root. Each step expands every active beam by every allowed token.
-Candidates that reach a leaf (the close delimiter) are finished; the best `beam_width` unfinished ones
-stay active. The search stops when no beam is active, or when the finished leaves hold at least
-`num_items` live items that all score at least as high as the best active beam (scores only decrease).
-The result is the finished leaves by score (ties by leaf id), expanded into their items in tie order.
+Search. Active beams start at the trie root. Each model step scores every active beam; each beam proposes
+its `beam_width` best allowed tokens (standard beam search: a candidate outside its beam's top never
+survives against a full beam set). Candidates that reach a leaf (the close delimiter) are finished; the
+best `beam_width` unfinished ones stay active. The search stops when no beam is active, or when the
+finished leaves hold at least `num_items` live items that all score at least as high as the best active
+beam (scores only decrease). The result is the finished leaves by score (ties by leaf id), expanded into
+their items in the trie's tie order. It comes back shorter than `num_items` only when the view holds
+fewer live items (`SearchResult.available`).
+
+`TrieBeamSearch` holds the state and never calls a model: a driver asks `active` beams to be scored,
+passes the answers to `advance`, and repeats until `done`. `constrained_beam_search` below drives it with
+the HF reference model; `hatllm.engine_topk` drives it with the vLLM engine, batching many searches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -34,48 +42,102 @@ class Beam:
 @dataclass
 class SearchResult:
     items: list[tuple[str, float]]  # (item id, score), best first
-    model_steps: int
+    model_steps: int  # scoring rounds; each scores all active beams at once
+    available: int  # live items in the request's view: fewer than asked means the list is complete
+
+    @property
+    def exhausted(self) -> bool:
+        """True when fewer items could be returned than asked because fewer exist."""
+        return len(self.items) == self.available
 
 
-def finished_items(finished: list[tuple[float, int]], view: TrieView, num_items: int) -> list[tuple[str, float]]:
-    ranked = []
-    for score, leaf in sorted(finished, key=lambda f: (-f[0], f[1])):
-        ranked += [(item, score) for item in view.items(leaf)]
-    return ranked[:num_items]
+class TrieBeamSearch:
+    def __init__(self, view: TrieView, num_items: int, beam_width: int):
+        if num_items < 1 or beam_width < 1:
+            raise ValueError("num_items and beam_width must be at least 1")
+        self.view, self.num_items, self.beam_width = view, num_items, beam_width
+        self.finished: list[tuple[float, int]] = []  # (score, leaf)
+        self.active: list[Beam] = []
+        self.model_steps = 0
+        if view.live_count(ROOT) > 0:
+            self._admit([Beam((), ROOT, 0.0)])
+
+    @property
+    def done(self) -> bool:
+        return not self.active
+
+    def allowed_tokens(self, beam: Beam) -> list[int]:
+        return [tok for tok, _ in self.view.allowed(beam.node)]
+
+    def advance(self, logprobs: Sequence[Mapping[int, float]]) -> None:
+        """`logprobs[i]`: allowed next tokens of `active[i]` -> log-probability renormalised over the
+        allowed tokens; at least the beam's `beam_width` best (more are ignored)."""
+        if len(logprobs) != len(self.active):
+            raise ValueError(f"{len(logprobs)} answers for {len(self.active)} active beams")
+        self.model_steps += 1
+        candidates = []
+        for b, (beam, scored) in enumerate(zip(self.active, logprobs)):
+            children = self.view.trie.children[beam.node]
+            best = sorted(scored.items(), key=lambda t: (-t[1], t[0]))[: self.beam_width]
+            candidates += [(beam.score + lp, b, tok, children[tok]) for tok, lp in best]
+        candidates.sort(key=lambda c: (-c[0], c[2], c[1]))
+        self.finished += [(score, child) for score, _, _, child in candidates if self.view.is_leaf(child)]
+        unfinished = [c for c in candidates if not self.view.is_leaf(c[3])][: self.beam_width]
+        parents = self.active
+        self._admit([Beam(parents[b].tokens + (tok,), child, score) for score, b, tok, child in unfinished])
+
+    def _admit(self, beams: list[Beam]) -> None:
+        """Make `beams` (best first) active, after appending the tokens the trie forces."""
+        self.active = []
+        for beam in beams:
+            beam = self._follow_forced(beam)
+            if self.view.is_leaf(beam.node):
+                self.finished.append((beam.score, beam.node))
+            else:
+                self.active.append(beam)
+        ranked = self.ranked()
+        if self.active and len(ranked) == self.num_items and ranked[-1][1] >= self.active[0].score:
+            self.active = []
+
+    def _follow_forced(self, beam: Beam) -> Beam:
+        while not self.view.is_leaf(beam.node):
+            allowed = self.view.allowed(beam.node)
+            if len(allowed) != 1:
+                break
+            tok, child = allowed[0]
+            beam = Beam(beam.tokens + (tok,), child, beam.score)
+        return beam
+
+    def ranked(self) -> list[tuple[str, float]]:
+        items = []
+        for score, leaf in sorted(self.finished, key=lambda f: (-f[0], f[1])):
+            items += [(item, score) for item in self.view.items(leaf)]
+        return items[: self.num_items]
+
+    def result(self) -> SearchResult:
+        return SearchResult(self.ranked(), self.model_steps, self.view.live_count(ROOT))
 
 
-def expand(beams: list[Beam], next_logits: torch.Tensor, view: TrieView) -> list[tuple[float, int, int, int]]:
-    """(score, beam index, token, child) for every allowed continuation, scores renormalised."""
-    candidates = []
-    for b, beam in enumerate(beams):
-        allowed = view.allowed(beam.node)
-        tokens = torch.tensor([tok for tok, _ in allowed])
-        logp = next_logits[b, tokens].log_softmax(-1).tolist()
-        candidates += [(beam.score + lp, b, tok, child) for (tok, child), lp in zip(allowed, logp)]
-    return candidates
+def renormalised(next_logits: torch.Tensor, allowed: list[int]) -> dict[int, float]:
+    """Log-probabilities of the allowed tokens under the distribution restricted to them."""
+    return dict(zip(allowed, next_logits[allowed].log_softmax(-1).tolist()))
 
 
 @torch.no_grad()
 def constrained_beam_search(model, prompt: list[int], view: TrieView, num_items: int, beam_width: int) -> SearchResult:
-    ids = torch.tensor([prompt])
-    out = forward(model, ids, cache=DynamicCache(config=model.config))
-    cache, next_logits = out.cache, logits(model, out.hidden[:, -1])
-    beams, finished, steps = [Beam((), ROOT, 0.0)], [], 1
-    while beams:
-        candidates = expand(beams, next_logits, view)
-        finished += [(score, child) for score, _, _, child in candidates if view.is_leaf(child)]
-        active = sorted((c for c in candidates if not view.is_leaf(c[3])), key=lambda c: (-c[0], c[2], c[1]))
-        active = active[:beam_width]
-        done = finished_items(finished, view, num_items)
-        if active and len(done) == num_items and done[-1][1] >= active[0][0]:
-            break
-        if not active:
-            break
-        parents = torch.tensor([b for _, b, _, _ in active])
-        beams = [Beam(beams[b].tokens + (tok,), child, score) for score, b, tok, child in active]
-        cache.reorder_cache(parents)
-        full = torch.tensor([prompt + list(beam.tokens) for beam in beams])
-        out = forward(model, full, cache=cache)
-        next_logits = logits(model, out.hidden[:, -1])
-        steps += 1
-    return SearchResult(finished_items(finished, view, num_items), steps)
+    """The reference driver: the HF model, one beam at a time on top of the prompt's KV cache."""
+    cache = DynamicCache(config=model.config)
+    out = forward(model, torch.tensor([prompt]), cache=cache)
+    prompt_logits = logits(model, out.hidden[0, -1])
+    search = TrieBeamSearch(view, num_items, beam_width)
+    while not search.done:
+        answers = []
+        for beam in search.active:
+            next_logits = prompt_logits
+            if beam.tokens:
+                hidden = forward(model, torch.tensor([prompt + list(beam.tokens)]), cache=cache).hidden
+                next_logits = logits(model, hidden[0, -1])
+                cache.crop(len(prompt))
+            answers.append(renormalised(next_logits, search.allowed_tokens(beam)))
+        search.advance(answers)
+    return search.result()

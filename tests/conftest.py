@@ -7,7 +7,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from hatllm.masks import parse_schedule
-from hatllm.modeling import HAT_ATTENTION, make_config
+from hatllm.modeling import HAT_ATTENTION, make_config, save_model
 from hatllm.prompt import DEFAULT_INSTRUCTION, PromptBuilder
 from hatllm.tokenizer import ITEM_CLOSE, ITEM_OPEN, train_tokenizer
 
@@ -47,6 +47,14 @@ def tiny_model(tokenizer, builder, schedule: str, layers: int = 3, seed: int = 0
 @pytest.fixture(scope="session")
 def hat_model(tokenizer, builder):
     return tiny_model(tokenizer, builder, "IN,OR,CR")
+
+
+@pytest.fixture(scope="session")
+def hat_checkpoint(tokenizer, builder, tmp_path_factory) -> Path:
+    """The tiny HatLLM model saved as a checkpoint vLLM can serve."""
+    path = tmp_path_factory.mktemp("hat-checkpoint") / "hat"
+    save_model(tiny_model(tokenizer, builder, "IN,OR,CR", seed=1), tokenizer, path)
+    return path
 
 
 @pytest.fixture(scope="session")

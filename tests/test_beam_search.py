@@ -90,3 +90,20 @@ def test_duplicate_titles_all_returned_with_same_score(hat_model, builder, trie)
 def test_short_list_when_few_items_allowed(hat_model, builder, trie):
     result = constrained_beam_search(hat_model, builder.prompt(HISTORY), trie.view(allow=["2", "6"]), 10, 10)
     assert sorted(i for i, _ in result.items) == ["2", "6"]
+
+
+def test_forced_tokens_take_no_model_step(hat_model, builder, trie):
+    # Only items 1 and 6 ("Toy Story (1995)", "Toy Story 2 (1999)") are live: their shared title prefix is
+    # forced, so the model is asked once where they part and once per branch that still has a choice.
+    view = trie.view(allow=["1", "6"])
+    result = constrained_beam_search(hat_model, builder.prompt(HISTORY), view, 2, 2)
+    assert sorted(i for i, _ in result.items) == ["1", "6"]
+    assert result.model_steps == 1
+    assert result.exhausted
+    single = constrained_beam_search(hat_model, builder.prompt(HISTORY), trie.view(allow=["3"]), 5, 5)
+    assert single.items == [("3", 0.0)] and single.model_steps == 0
+
+
+def test_nothing_allowed_gives_empty_result(hat_model, builder, trie):
+    result = constrained_beam_search(hat_model, builder.prompt(HISTORY), trie.view(allow=[]), 5, 5)
+    assert result.items == [] and result.available == 0 and result.model_steps == 0

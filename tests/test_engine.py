@@ -13,8 +13,8 @@ import shutil
 import pytest
 import torch
 
-from hatllm.modeling import forward, load_model, logits, save_model
-from tests.conftest import TITLES, tiny_model
+from hatllm.modeling import forward, load_model, logits
+from tests.conftest import TITLES
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 vllm = pytest.importorskip("vllm")
@@ -25,12 +25,11 @@ TITLE_LIST = list(TITLES.values())
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tokenizer, builder, tmp_path_factory):
+def checkpoints(hat_checkpoint, tmp_path_factory):
     """A HatLLM checkpoint and an all-OR checkpoint with identical weights."""
     root = tmp_path_factory.mktemp("engine-models")
-    hat = tiny_model(tokenizer, builder, "IN,OR,CR", seed=1)
-    save_model(hat, tokenizer, root / "hat")
-    shutil.copytree(root / "hat", root / "causal")
+    shutil.copytree(hat_checkpoint, root / "hat")
+    shutil.copytree(hat_checkpoint, root / "causal")
     config = json.loads((root / "causal" / "config.json").read_text())
     config["hat_layer_types"] = ["OR", "OR", "OR"]
     (root / "causal" / "config.json").write_text(json.dumps(config))

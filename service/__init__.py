@@ -1,0 +1,1 @@
+"""The recommendation gateway: FastAPI over Redis histories and the patched vLLM engine."""

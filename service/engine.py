@@ -1,0 +1,42 @@
+"""The vLLM engine the service decodes with: started once, watched, shut down with the service."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.llm = None
+        self.topk = None
+        self.name = Path(settings.model_path).name
+
+    def start(self) -> None:
+        """Blocking (~30 s on CPU): the service is not ready before it returns."""
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_gib))
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from hatllm.engine_topk import EngineTopK, engine_args
+
+        s = self.settings
+        args = engine_args(s.model_path, dtype=s.dtype, max_model_len=s.max_model_len, max_num_seqs=s.max_num_seqs,
+                           max_num_batched_tokens=s.max_num_batched_tokens, enforce_eager=s.enforce_eager,
+                           block_size=32, disable_log_stats=not s.engine_log_stats)
+        self.llm = AsyncLLM.from_engine_args(args)
+        self.topk = EngineTopK(self.llm)
+
+    @property
+    def ready(self) -> bool:
+        return self.llm is not None and not self.llm.errored
+
+    def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = self.topk = None

@@ -1,0 +1,24 @@
+"""Prometheus metrics of the gateway (prefix hatrec_, base units, no user ids in labels).
+
+vLLM's own engine metrics (vllm:*) register in the same default registry when the engine logs stats,
+so /metrics exposes both.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter("hatrec_http_requests_total", "HTTP requests by route and status", ["method", "route", "status"])
+REQUEST_SECONDS = Histogram("hatrec_http_request_duration_seconds", "Whole-request latency", ["method", "route"],
+                            buckets=LATENCY_BUCKETS)
+STAGE_SECONDS = Histogram("hatrec_recommend_stage_duration_seconds", "Latency of each recommendation stage",
+                          ["stage"], buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("hatrec_http_requests_in_flight", "HTTP requests being served")
+QUEUE_DEPTH = Gauge("hatrec_recommend_queue_depth", "Recommendations admitted and not finished")
+SHED = Counter("hatrec_recommend_rejected_total", "Recommendations refused or abandoned", ["reason"])
+COLD_START = Counter("hatrec_recommend_cold_start_total", "Answers from the cold-start fallback")
+ENGINE_STEPS = Histogram("hatrec_recommend_engine_steps", "Engine scoring rounds per recommendation",
+                         buckets=(0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30))
+CATALOG_VERSION = Gauge("hatrec_catalog_version", "Catalog version being served")
+CATALOG_ITEMS = Gauge("hatrec_catalog_items", "Items in the catalog being served")
+EVENTS = Counter("hatrec_events_ingested_total", "Interactions appended to histories")

@@ -1,0 +1,107 @@
+"""One recommendation: request -> history -> prompt -> engine -> items -> response.
+
+Admission: at most `max_in_flight` recommendations are decoded at once (the engine batches them);
+one more is refused at once with 429 rather than queued without bound, and one that runs past
+`request_timeout_s` is abandoned (its engine requests aborted) with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import contextmanager
+
+from hatllm.prompt import PromptBuilder
+
+from . import metrics
+from .catalog import CatalogCache, CatalogSnapshot
+from .engine import Engine
+from .errors import ServiceError, unknown_items
+from .schemas import RecommendedItem, RecommendRequest, RecommendResponse
+from .settings import Settings
+from .store import Store
+
+
+@contextmanager
+def stage(name: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.STAGE_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+
+class Recommender:
+    def __init__(self, settings: Settings, store: Store, catalog: CatalogCache, engine: Engine, builder: PromptBuilder):
+        self.settings, self.store, self.catalog, self.engine, self.builder = settings, store, catalog, engine, builder
+        self.in_flight = 0
+
+    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        if req.k > self.settings.max_k:
+            raise ServiceError(422, "k_too_large", f"k must be at most {self.settings.max_k}")
+        snapshot = self.catalog.current
+        if snapshot is None:
+            raise ServiceError(503, "catalog_unavailable", "no catalog loaded yet", retry_after=self.settings.retry_after_s)
+        with stage("redis"):
+            history = await self._history(req, snapshot)
+        deny = set(req.filters.deny) if req.filters else set()
+        if req.exclude_seen:
+            deny |= set(history)
+        allow = req.filters.allow if req.filters and req.filters.allow is not None else None
+        if not history:
+            return self._cold_start(req, snapshot, allow, deny)
+        if not self.engine.ready:
+            raise ServiceError(503, "engine_unavailable", "the model engine is not running",
+                               retry_after=self.settings.retry_after_s)
+        with stage("prompt"):
+            prompt = self.builder.prompt([snapshot.titles[i] for i in history[-self.settings.max_history:]])
+            view = snapshot.trie.view(allow=allow, deny=deny)
+        with stage("decode"):
+            result = await self._decode(prompt, view, req.k)
+        metrics.ENGINE_STEPS.observe(result.model_steps)
+        items = [RecommendedItem(rank=r, item_id=item, title=snapshot.titles[item], score=score)
+                 for r, (item, score) in enumerate(result.items, 1)]
+        return RecommendResponse(user_id=req.user_id, items=items, model=self.engine.name,
+                                 catalog_version=snapshot.version, history_length=len(history[-self.settings.max_history:]),
+                                 strategy="model", exhausted=len(items) < req.k)
+
+    async def _history(self, req: RecommendRequest, snapshot: CatalogSnapshot) -> list[str]:
+        if req.history is not None:
+            unknown = [i for i in req.history if i not in snapshot.titles]
+            if unknown:
+                raise unknown_items(unknown, "history")
+            return list(req.history)
+        stored = await self.store.history(req.user_id, self.settings.max_history)
+        return [i for i in stored if i in snapshot.titles]  # items removed from the catalog since
+
+    def _cold_start(self, req, snapshot: CatalogSnapshot, allow, deny) -> RecommendResponse:
+        metrics.COLD_START.inc()
+        allowed = set(allow) if allow is not None else None
+        picked = [i for i in snapshot.popular if i not in deny and (allowed is None or i in allowed)][: req.k]
+        items = [RecommendedItem(rank=r, item_id=i, title=snapshot.titles[i], score=None) for r, i in enumerate(picked, 1)]
+        return RecommendResponse(user_id=req.user_id, items=items, model=self.engine.name,
+                                 catalog_version=snapshot.version, history_length=0, strategy="cold_start_popular",
+                                 exhausted=len(items) < req.k)
+
+    async def _decode(self, prompt: list[int], view, k: int):
+        if self.in_flight >= self.settings.max_in_flight:
+            metrics.SHED.labels("queue_full").inc()
+            raise ServiceError(429, "overloaded", "too many recommendations in progress",
+                               retry_after=self.settings.retry_after_s)
+        self.in_flight += 1
+        metrics.QUEUE_DEPTH.set(self.in_flight)
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await self.engine.topk.search(prompt, view, k, max(self.settings.beam_width or k, k))
+        except TimeoutError:
+            metrics.SHED.labels("timeout").inc()
+            raise ServiceError(503, "timeout", f"no answer within {self.settings.request_timeout_s} s",
+                               retry_after=self.settings.retry_after_s) from None
+        except Exception as exc:
+            if not self.engine.ready:
+                raise ServiceError(503, "engine_unavailable", "the model engine failed",
+                                   retry_after=self.settings.retry_after_s) from exc
+            raise
+        finally:
+            self.in_flight -= 1
+            metrics.QUEUE_DEPTH.set(self.in_flight)

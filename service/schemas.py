@@ -1,0 +1,85 @@
+"""Request and response bodies (pydantic). Unknown fields are refused everywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=False)]
+Title = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Filters(Strict):
+    allow: list[Id] | None = Field(None, max_length=100_000, description="only these items may be recommended")
+    deny: list[Id] = Field(default_factory=list, max_length=100_000, description="these items may not be recommended")
+
+
+class RecommendRequest(Strict):
+    user_id: Id
+    k: int = Field(10, ge=1, le=100, description="number of items wanted")
+    exclude_seen: bool = Field(True, description="never recommend items in the user's history")
+    filters: Filters | None = None
+    history: list[Id] | None = Field(None, max_length=1000,
+                                     description="item ids, oldest first; replaces the stored history")
+
+
+class RecommendedItem(BaseModel):
+    rank: int
+    item_id: str
+    title: str
+    score: float | None = Field(description="log-probability of the title under the model, renormalised over "
+                                            "the titles this request allows; null for cold-start answers")
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    items: list[RecommendedItem]
+    model: str
+    catalog_version: int
+    history_length: int = Field(description="history items the answer is conditioned on")
+    strategy: Literal["model", "cold_start_popular"] = Field(
+        description="cold_start_popular: no usable history, most popular items (not a model answer)")
+    exhausted: bool = Field(description="true when fewer than k items could be recommended at all")
+
+
+class Event(Strict):
+    user_id: Id
+    item_id: Id
+    timestamp: float | None = Field(None, description="seconds since the epoch; orders the events of one call")
+
+
+class EventBatch(Strict):
+    events: list[Event] = Field(min_length=1)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+
+
+class CatalogItem(Strict):
+    item_id: Id
+    title: Title
+
+
+class CatalogItems(Strict):
+    items: list[CatalogItem] = Field(min_length=1, max_length=100_000)
+
+
+class CatalogInfo(BaseModel):
+    version: int
+    size: int
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable reason")
+    message: str
+    details: object | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

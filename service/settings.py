@@ -1,0 +1,54 @@
+"""Every setting of the service, from environment variables (prefix HATREC_) or a `.env` file.
+
+The defaults run the whole thing on one machine: an embedded Redis, the shipped small model and the
+shipped dataset. Each field's description is the documentation (see service/README.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HATREC_", env_file=".env", extra="ignore", protected_namespaces=())
+
+    # Where things are
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "HATREC_REDIS_URL"),
+        description="Redis to use; unset: the service starts its own redis-server (see embedded_redis_*)")
+    embedded_redis_port: int = Field(6390, description="port of the embedded redis-server (127.0.0.1 only)")
+    embedded_redis_dir: Path = Field(Path("var/redis"), description="data folder (AOF) of the embedded redis-server")
+    redis_prefix: str = Field("hatrec", description="prefix of every Redis key")
+    model_path: str = Field("models/ml-latest-small-hat", description="checkpoint served (HF format, HatLLM config)")
+    dataset: str | None = Field("data/ml-latest-small",
+                                description="dataset loaded into Redis at start when Redis holds no catalog")
+    host: str = Field("127.0.0.1", description="address the HTTP server binds")
+    port: int = Field(8000, description="HTTP port")
+
+    # Recommendation
+    max_history: int = Field(20, ge=1, description="most recent items put in the prompt")
+    history_cap: int = Field(200, ge=1, description="items kept per user in Redis (older ones are trimmed)")
+    max_k: int = Field(100, ge=1, le=100, description="largest k a request may ask for")
+    beam_width: int | None = Field(None, ge=1, le=100, description="beam width; at least the request's k (default: k)")
+
+    # Protection
+    max_in_flight: int = Field(64, ge=1, description="recommendations being decoded at once; more get 429")
+    request_timeout_s: float = Field(10.0, gt=0, description="a recommendation taking longer gets 503")
+    redis_timeout_s: float = Field(1.0, gt=0, description="socket timeout of every Redis call")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 422")
+    max_events_per_call: int = Field(1000, ge=1, description="events accepted in one POST /events")
+    api_key: SecretStr | None = Field(None, description="if set, write and admin endpoints need header X-API-Key")
+    catalog_poll_s: float = Field(2.0, gt=0, description="how often the catalog version in Redis is checked")
+
+    # Engine (vLLM)
+    dtype: str = Field("float32", description="engine dtype (float32, bfloat16, auto)")
+    kv_cache_gib: int = Field(2, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    max_model_len: int = Field(2048, description="longest prompt + title, in tokens")
+    max_num_seqs: int = Field(512, description="engine batch size (beams of all requests share steps)")
+    max_num_batched_tokens: int = Field(8192, description="tokens per engine step")
+    enforce_eager: bool = Field(True, description="skip graph capture / torch.compile (fast start)")
+    engine_log_stats: bool = Field(True, description="expose vLLM's own metrics on /metrics")

