@@ -30,12 +30,15 @@ class CatalogSnapshot:
     titles: dict[str, str]
     trie: TitleTrie
     popular: list[str]  # item ids, most interacted first (cold start, and the trie's tie order)
+    longest_title: int  # tokens of the longest title with its close delimiter: what decoding may add
 
     @classmethod
     def build(cls, version: int, titles: dict[str, str], popularity: dict[str, float], builder: PromptBuilder):
         counts = Counter({item: popularity.get(item, 0) for item in titles})
         popular = sorted(titles, key=lambda item: (-counts[item], item))
-        return cls(version, titles, TitleTrie.from_catalog(titles, builder, counts), popular)
+        trie = TitleTrie.from_catalog(titles, builder, counts)
+        longest = max((len(builder.title_tokens(t)) + 1 for t in titles.values()), default=0)
+        return cls(version, titles, trie, popular, longest)
 
 
 class CatalogCache:

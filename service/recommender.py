@@ -56,6 +56,9 @@ class Recommender:
         with stage("prompt"):
             prompt = self.builder.prompt([snapshot.titles[i] for i in history[-self.settings.max_history:]])
             view = snapshot.trie.view(allow=allow, deny=deny)
+        if len(prompt) + snapshot.longest_title > self.settings.max_model_len:
+            raise ServiceError(422, "history_too_long", f"the prompt ({len(prompt)} tokens) leaves no room for a title "
+                                                        f"within max_model_len={self.settings.max_model_len}")
         with stage("decode"):
             result = await self._decode(prompt, view, req.k)
         metrics.ENGINE_STEPS.observe(result.model_steps)

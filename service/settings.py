@@ -50,5 +50,8 @@ class Settings(BaseSettings):
     max_model_len: int = Field(2048, description="longest prompt + title, in tokens")
     max_num_seqs: int = Field(512, description="engine batch size (beams of all requests share steps)")
     max_num_batched_tokens: int = Field(8192, description="tokens per engine step")
+    engine_cpu_bind: str = Field(
+        "all", description="CPU engine threads: 'all' = every core this process may use, 'auto' = vLLM's default "
+                           "(leaves one core free), or a VLLM_CPU_OMP_THREADS_BIND list such as '0-7'")
     enforce_eager: bool = Field(True, description="skip graph capture / torch.compile (fast start)")
     engine_log_stats: bool = Field(True, description="expose vLLM's own metrics on /metrics")

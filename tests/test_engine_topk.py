@@ -34,7 +34,11 @@ def engine_search(hat_checkpoint):
                        seed=0)
     engine = AsyncLLM.from_engine_args(args)
     yield loop.run_until_complete, EngineTopK(engine)
-    engine.shutdown()
+
+    async def shutdown():  # inside the loop, so the client closes its sockets now (else zmq hangs at GC)
+        engine.shutdown()
+
+    loop.run_until_complete(shutdown())
     loop.close()
 
 

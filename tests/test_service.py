@@ -1,18 +1,24 @@
-"""The gateway end to end: a real redis-server, the real patched vLLM engine, the FastAPI app.
+"""The gateway end to end: a real redis-server, the real patched vLLM engine, the app under uvicorn.
 
-One service (engine + Redis) for the module; tests that change a setting do it on the running
-services and put it back.
+One service (engine + Redis) for the module, called over HTTP; tests that change a setting do it on
+the running services and put it back. The metrics test reads what the tests before it did; the fuzz
+test, which may change the catalog, comes last.
 """
 
 import json
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
+import hypothesis
 import pytest
 import redis
+import schemathesis
+import uvicorn
 
 from hatllm.beam_search import constrained_beam_search
 from hatllm.modeling import load_model
@@ -21,8 +27,6 @@ from tests.conftest import TITLES
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 pytest.importorskip("vllm")
-
-from fastapi.testclient import TestClient  # noqa: E402
 
 from service.api import create_app  # noqa: E402
 from service.keys import Keys  # noqa: E402
@@ -59,16 +63,35 @@ def raw_redis(redis_server):
 
 
 @pytest.fixture(scope="module")
-def client(redis_server, raw_redis, hat_checkpoint):
+def server(redis_server, raw_redis, hat_checkpoint):
+    """The app served by a real uvicorn on 127.0.0.1, in a thread of this process (so tests can reach
+    its services), and an HTTP client for it."""
     settings = Settings(redis_url=redis_server.url, model_path=str(hat_checkpoint), dataset=None, kv_cache_gib=1,
                         max_model_len=256, catalog_poll_s=0.2, redis_timeout_s=0.5)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
-        yield test_client
+    app = create_app(settings)
+    port = free_port()
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while not uvicorn_server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "service did not start"
+        time.sleep(0.2)
+    with httpx.Client(base_url=base_url, timeout=60) as http:
+        yield app, http
+    uvicorn_server.should_exit = True
+    thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return server[1]
 
 
 @pytest.fixture
-def services(client):
-    services = client.app.state.services
+def services(server):
+    services = server[0].state.services
     saved = services.settings
     yield services
     services.settings = services.recommender.settings = saved
@@ -149,7 +172,7 @@ def test_bad_input_is_422_naming_the_field(client, body, field):
     assert error["code"] == "invalid_request" and field in json.dumps(error["details"])
 
 
-def test_malformed_and_oversized_bodies(client, services):
+def test_malformed_and_oversized_bodies(client):
     response = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
     huge = json.dumps({"user_id": "alice", "history": ["1"] * 400_000})
@@ -264,6 +287,12 @@ def test_redis_outage_fails_fast_and_recovers(client, redis_server, raw_redis):
     assert raw_redis.lrange(KEYS.history("frank"), 0, -1) == ["4"]  # acknowledged before the crash: kept
 
 
+def test_prompt_too_long_for_the_engine_is_422(client, services):
+    with_settings(services, max_model_len=40)
+    response = recommend(client, user_id="carol", k=3)
+    assert response.status_code == 422 and response.json()["error"]["code"] == "history_too_long"
+
+
 def test_metrics_exposed(client):
     recommend(client, user_id="stranger2", k=2)
     recommend(client, user_id="alice", k=2)
@@ -285,3 +314,26 @@ def test_metrics_exposed(client):
     assert "hatrec_http_requests_in_flight" in samples and "hatrec_recommend_queue_depth" in samples
     assert any(name.startswith("vllm:") for name in samples)  # the engine's own metrics
     assert not any("alice" in name for name in samples)  # no user ids in labels
+
+def test_fuzzed_requests_never_get_500(client):
+    """Generated inputs for every operation of the OpenAPI schema (admin ones included, so it runs
+    last): no 5xx but the documented 503s."""
+    schema = schemathesis.openapi.from_url(f"{client.base_url}/openapi.json")
+    examples = int(os.environ.get("HATREC_FUZZ_EXAMPLES", "25"))
+    tried = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(max_examples=examples, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        def no_server_error(case):
+            nonlocal tried
+            tried += 1
+            response = case.call()
+            assert response.status_code < 500 or response.status_code == 503, (case.path, response.text)
+            content_type = response.headers.get("content-type") or [""]  # schemathesis: header -> values
+            assert content_type[0].startswith(("application/json", "text/plain"))
+
+        no_server_error()
+    assert tried >= examples
