@@ -105,6 +105,24 @@ def recommend(client, **body):
     return client.post("/recommend", json=body)
 
 
+def test_loader_imports_a_dataset_idempotently(redis_server, tiny_dataset):
+    """`python -m service.loader` into its own key prefix: catalog, histories, popularity; twice = once."""
+    from service.loader import main as loader
+
+    args = ["--data", str(tiny_dataset), "--redis-url", redis_server.url, "--prefix", "loadtest", "--history-cap", "4"]
+    first = loader(args)
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    keys = Keys("loadtest")
+    state = lambda: (client.hgetall(keys.catalog), client.lrange(keys.history("u1"), 0, -1),  # noqa: E731
+                     client.zrange(keys.popularity, 0, -1, withscores=True))
+    catalog, history, popularity = state()
+    assert catalog == TITLES and first["users"] == 12 and first["catalog_version"] == 1
+    assert len(history) == 4  # 6 interactions, capped at 4: the newest
+    assert sum(score for _, score in popularity) == first["interactions"] == 72
+    second = loader(args)
+    assert state() == (catalog, history, popularity) and second["catalog_version"] == 2
+
+
 def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
