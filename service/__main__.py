@@ -3,13 +3,15 @@
     python -m service
 
 Starts redis-server unless REDIS_URL is set, loads the default dataset if Redis holds no catalog,
-serves the default model on http://127.0.0.1:8000 (OpenAPI docs at /docs). Ctrl-C stops all of it.
+serves the default model on http://127.0.0.1:8000 (OpenAPI docs at /docs). Ctrl-C (or SIGTERM) stops
+all of it: in-flight requests finish (up to 30 s), new ones are refused. Exit code 3: the engine died.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from contextlib import ExitStack
 
 import uvicorn
@@ -19,6 +21,8 @@ from .keys import Keys
 from .loader import load
 from .redis_server import EmbeddedRedis
 from .settings import Settings
+
+ENGINE_FAILED_EXIT_CODE = 3
 
 
 async def catalog_present(redis_url: str, keys: Keys) -> bool:
@@ -43,7 +47,14 @@ def main() -> None:
             logging.info("loading %s into Redis", settings.dataset)
             logging.info("%s", asyncio.run(load(settings.dataset, settings.redis_url, settings.redis_prefix,
                                                 settings.history_cap)))
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30)
+        app = create_app(settings)
+        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+                                               timeout_graceful_shutdown=30))
+        app.state.request_exit = lambda: setattr(server, "should_exit", True)
+        server.run()
+    services = getattr(app.state, "services", None)
+    if services is not None and services.engine_failed:
+        sys.exit(ENGINE_FAILED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import signal
 import time
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Callable
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.encoders import jsonable_encoder
@@ -44,8 +46,11 @@ ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 422, 429, 503)}
 class Services:
     """Everything a request needs, built once per process by the lifespan."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, request_exit: Callable[[], None] | None = None):
         self.settings = settings
+        # How to stop the server when the engine dies: the runner's hook (python -m service exits with
+        # code 3), else SIGTERM to this process (uvicorn shuts down gracefully, then dies by the signal).
+        self.request_exit = request_exit or (lambda: os.kill(os.getpid(), signal.SIGTERM))
         self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=settings.redis_timeout_s,
                                     socket_connect_timeout=settings.redis_timeout_s, health_check_interval=5)
         self.store = Store(self.redis, Keys(settings.redis_prefix), settings.history_cap)
@@ -54,7 +59,8 @@ class Services:
         self.catalog = CatalogCache(self.store, self.builder)
         self.engine = Engine(settings)
         self.recommender = Recommender(settings, self.store, self.catalog, self.engine, self.builder)
-        self._watcher: asyncio.Task | None = None
+        self._watchers: list[asyncio.Task] = []
+        self.engine_failed = False
 
     async def start(self) -> None:
         self.engine.start()
@@ -62,11 +68,42 @@ class Services:
             await self.catalog.refresh()
         except RedisError as exc:  # not ready until Redis answers; the watcher keeps trying
             log.warning("Redis unavailable at start: %s", exc)
-        self._watcher = asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s))
+        self._watchers = [asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s)),
+                          asyncio.create_task(self.watch_health(self.settings.catalog_poll_s))]
+
+    async def checks(self) -> dict[str, bool]:
+        """What /readyz reports, also exported as hatrec_dependency_up."""
+        try:
+            redis_ok = await self.store.ping()
+        except RedisError:
+            redis_ok = False
+        checks = {"redis": redis_ok, "catalog": self.catalog.current is not None, "engine": self.engine.ready}
+        for name, ok in checks.items():
+            metrics.DEPENDENCY_UP.labels(name).set(int(ok))
+        return checks
+
+    async def watch_health(self, interval_s: float) -> None:
+        while True:
+            try:
+                checks = await self.checks()
+                if not checks["engine"] and self.engine.llm is not None and not self.engine_failed:
+                    self._on_engine_failure()
+            except Exception:  # a metrics refresh must never stop for good
+                log.exception("health check failed")
+            await asyncio.sleep(interval_s)
+
+    def _on_engine_failure(self) -> None:
+        """vLLM does not restart a dead engine core: leave it to the supervisor (exit code 3), after a
+        grace period in which /readyz is unready, so load balancers stop sending traffic first."""
+        self.engine_failed = True
+        delay = self.settings.exit_on_engine_failure_s
+        log.error("the vLLM engine died%s", f"; exiting in {delay} s" if delay is not None else "")
+        if delay is not None:
+            asyncio.get_running_loop().call_later(delay, self.request_exit)
 
     async def stop(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
+        for task in self._watchers:
+            task.cancel()
         self.engine.shutdown()
         await self.redis.aclose()
 
@@ -98,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        services = Services(settings)
+        services = Services(settings, getattr(app.state, "request_exit", None))
         app.state.services = services
         await services.start()
         yield
@@ -140,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -221,11 +258,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/readyz", tags=["ops"])
     async def readyz(services: ServicesDep):
         """Redis reachable, catalog loaded, engine running."""
-        try:
-            redis_ok = await services.store.ping()
-        except RedisError:
-            redis_ok = False
-        checks = {"redis": redis_ok, "catalog": services.catalog.current is not None, "engine": services.engine.ready}
+        checks = await services.checks()
         if all(checks.values()):
             return {"ready": True, "checks": checks}
         return JSONResponse({"ready": False, "checks": checks}, 503, headers={"Retry-After": str(settings.retry_after_s)})

@@ -22,3 +22,5 @@ ENGINE_STEPS = Histogram("hatrec_recommend_engine_steps", "Engine scoring rounds
 CATALOG_VERSION = Gauge("hatrec_catalog_version", "Catalog version being served")
 CATALOG_ITEMS = Gauge("hatrec_catalog_items", "Items in the catalog being served")
 EVENTS = Counter("hatrec_events_ingested_total", "Interactions appended to histories")
+DEPENDENCY_UP = Gauge("hatrec_dependency_up", "1 when a dependency answers (checked every few seconds)",
+                      ["dependency"])

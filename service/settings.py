@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 422")
     max_events_per_call: int = Field(1000, ge=1, description="events accepted in one POST /events")
     api_key: SecretStr | None = Field(None, description="if set, write and admin endpoints need header X-API-Key")
+    exit_on_engine_failure_s: float | None = Field(
+        5.0, description="when the engine dies: unready at once, then exit (code 3) after this many seconds so the "
+                         "supervisor restarts the service; unset: stay up, unready, answering 503")
     catalog_poll_s: float = Field(2.0, gt=0, description="how often the catalog version in Redis is checked")
 
     # Engine (vLLM)

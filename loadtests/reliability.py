@@ -1,0 +1,356 @@
+"""Reliability scenarios against a real local service (its own redis-server, the real engine).
+
+    python loadtests/reliability.py redis-outage      # Redis killed and restarted under load
+    python loadtests/reliability.py overload          # 3x the sustainable rate
+    python loadtests/reliability.py engine-failure    # the vLLM engine core process killed
+    python loadtests/reliability.py shutdown          # SIGTERM with requests in flight
+    python loadtests/reliability.py bad-input         # schema fuzzing at a larger budget + hand-made bad bodies
+    python loadtests/reliability.py all --out docs/results/reliability.json
+
+Each scenario starts its own service, prints its figures as JSON, and fails (exit code 1) when a
+promise is broken: a 500, an acknowledged event lost, a request hanging past its bound, memory
+growing without bound, no recovery. Every run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import redis
+
+from local_service import ROOT, free_port, start_service, stop_service, wait_ready
+
+sys.path.insert(0, str(ROOT))
+from service.redis_server import EmbeddedRedis  # noqa: E402
+
+KNOWN_USERS = [str(u) for u in range(1, 611)]  # ml-latest-small users
+ITEM_IDS = ["1", "2", "3", "6", "50", "110", "260", "296", "318", "356", "480", "527", "589", "593", "2571"]
+RECOMMEND_BOUND_S = 15.0  # no request may take longer than this (request timeout 10 s + slack)
+
+
+class Broken(AssertionError):
+    pass
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise Broken(message)
+
+
+@contextmanager
+def local_service(workdir: Path, redis_url: str | None = None, **env):
+    port = free_port()
+    process = start_service(port, str(workdir / "redis"), workdir / "service.log",
+                            {k.upper(): str(v) for k, v in env.items()}, redis_url)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, 600)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            stop_service(process)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants (gateway, engine core, redis-server)."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+        except (OSError, StopIteration):
+            continue
+        children = subprocess.run(["pgrep", "-P", str(current)], capture_output=True, text=True).stdout.split()
+        pending += [int(child) for child in children]
+    return total
+
+
+async def recommend(client: httpx.AsyncClient, user: str | None = None) -> tuple[int, float, httpx.Response | None]:
+    started = time.perf_counter()
+    try:
+        response = await client.post("/recommend", json={"user_id": user or random.choice(KNOWN_USERS), "k": 10},
+                                     timeout=RECOMMEND_BOUND_S)
+        return response.status_code, time.perf_counter() - started, response
+    except httpx.TransportError:
+        return -1, time.perf_counter() - started, None
+
+
+async def open_loop(url: str, rate: float, seconds: float, make_request) -> list:
+    """Requests at a fixed arrival rate (not waiting for answers), for `seconds`."""
+    async with httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=1000)) as client:
+        tasks, deadline = [], time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            tasks.append(asyncio.create_task(make_request(client)))
+            await asyncio.sleep(random.expovariate(rate))
+        return await asyncio.gather(*tasks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def redis_outage(workdir: Path) -> dict:
+    """Load + events while Redis is killed (SIGKILL) for a few seconds and started again."""
+    server = EmbeddedRedis(free_port(), workdir / "redis-own").start()
+    acked: list[tuple[str, str]] = []
+    try:
+        with local_service(workdir, redis_url=server.url) as (url, _process):
+            outage = {}
+
+            async def traffic():
+                async with httpx.AsyncClient(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+                    results, n = [], 0
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline:
+                        n += 1
+                        user, item = f"outage-{n % 50}", random.choice(ITEM_IDS)
+                        started = time.perf_counter()
+                        try:
+                            response = await client.post("/events", json={"user_id": user, "item_id": item})
+                            status = response.status_code
+                        except httpx.TransportError:
+                            status = -1
+                        if status == 200:
+                            acked.append((user, item))
+                        code, _, _ = await recommend(client)
+                        results.append((time.monotonic(), status, code, time.perf_counter() - started))
+                        await asyncio.sleep(0.05)
+                    return results
+
+            async def chaos():
+                await asyncio.sleep(8)
+                outage["start"] = time.monotonic()
+                server.process.kill()
+                server.process.wait()
+                await asyncio.sleep(5)
+                server.start()
+                outage["end"] = time.monotonic()
+
+            results, _ = asyncio.run(_both(traffic(), chaos()))
+        client = redis.Redis(port=server.port, decode_responses=True)
+        stored = {user: client.lrange(f"hatrec:history:{user}", 0, -1) for user in {u for u, _ in acked}}
+        expected: dict[str, list[str]] = {}
+        for user, item in acked:
+            expected.setdefault(user, []).append(item)
+        lost = sum(max(0, len(items) - len(stored.get(user, []))) for user, items in expected.items())
+        mismatched = sum(stored.get(user, [])[-len(items):] != items for user, items in expected.items())
+    finally:
+        server.stop()
+    during = [r for r in results if outage["start"] <= r[0] <= outage["end"]]
+    after = [r for r in results if r[0] > outage["end"] + 1]
+    recovered_at = next((r[0] for r in results if r[0] > outage["end"] and r[2] == 200), None)
+    figures = dict(events_acknowledged=len(acked), events_lost=lost, histories_out_of_order=mismatched,
+                   requests_during_outage=len(during),
+                   outage_statuses=sorted({r[2] for r in during} | {r[1] for r in during}),
+                   slowest_call_during_outage_s=round(max((r[3] for r in during), default=0), 3),
+                   recovered_after_s=round(recovered_at - outage["end"], 2) if recovered_at else None,
+                   errors_after_recovery=sum(r[2] != 200 or r[1] != 200 for r in after),
+                   server_errors=sum(r[1] >= 500 and r[1] != 503 or r[2] >= 500 and r[2] != 503 for r in results))
+    check(lost == 0 and mismatched == 0, "acknowledged events were lost")
+    check(set(figures["outage_statuses"]) <= {200, 503}, "during the outage: only 503 (or 200 before it bit)")
+    check(figures["slowest_call_during_outage_s"] < 3, "outage answers were not fast")
+    check(recovered_at is not None and figures["recovered_after_s"] < 10, "no recovery within 10 s")
+    check(figures["server_errors"] == 0, "5xx other than 503")
+    return figures
+
+
+async def _both(a, b):
+    return await asyncio.gather(a, b)
+
+
+def overload(workdir: Path, sustainable_rps: float, max_in_flight: int) -> dict:
+    """3x the sustainable arrival rate: excess shed with 429 + Retry-After, the rest keep their p99.
+    The in-flight bound is sized at the sustainable concurrency (rate x latency, ~10 here)."""
+    with local_service(workdir, hatrec_max_in_flight=max_in_flight, hatrec_request_timeout_s=10) as (url, process):
+        asyncio.run(open_loop(url, 2, 5, recommend))  # warm-up: first engine steps allocate and load
+        baseline = asyncio.run(open_loop(url, sustainable_rps, 20, recommend))
+        rss_before = rss_mib(process.pid)
+        results = asyncio.run(open_loop(url, 3 * sustainable_rps, 40, recommend))
+        rss_after = rss_mib(process.pid)
+    ok_base = [s for code, s, _ in baseline if code == 200]
+    ok = [s for code, s, _ in results if code == 200]
+    shed = [r for code, _, r in results if code == 429]
+    p99 = lambda xs: sorted(xs)[int(0.99 * (len(xs) - 1))] if xs else None  # noqa: E731
+    other = Counter(code for code, _, _ in results if code not in (200, 429))
+    figures = dict(sustainable_rps=sustainable_rps, offered_rps=3 * sustainable_rps, max_in_flight=max_in_flight,
+                   requests=len(results), answered_200=len(ok), shed_429=len(shed), other=dict(other),
+                   p99_at_sustainable_s=round(p99(ok_base), 3), p99_admitted_at_3x_s=round(p99(ok), 3),
+                   slowest_s=round(max(s for _, s, _ in results), 3),
+                   retry_after_on_every_429=all(r.headers.get("Retry-After") for r in shed),
+                   rss_mib_before=round(rss_before), rss_mib_after=round(rss_after))
+    check(figures["shed_429"] > 0 and figures["retry_after_on_every_429"], "no shedding with Retry-After")
+    check(figures["p99_admitted_at_3x_s"] <= 1.5 * figures["p99_at_sustainable_s"] + 0.5,
+          "admitted requests lost their p99")
+    check(set(other) <= {503}, f"unexpected statuses {dict(other)} (-1: no answer)")
+    check(figures["slowest_s"] < RECOMMEND_BOUND_S, "a request hung")
+    check(rss_after < rss_before * 1.5 + 200, "gateway memory grew without bound")
+    return figures
+
+
+def engine_failure(workdir: Path) -> dict:
+    """Kill the engine core: unready + 503 at once, then the service exits (code 3) for its supervisor."""
+    with local_service(workdir) as (url, process):
+        engine_pids = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "EngineCore"], capture_output=True,
+                                     text=True).stdout.split()
+        check(bool(engine_pids), "no engine core process found")
+        with httpx.Client(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+            check(client.post("/recommend", json={"user_id": "1"}).status_code == 200, "not serving before")
+            killed_at = time.monotonic()
+            for pid in engine_pids:
+                os.kill(int(pid), signal.SIGKILL)
+            statuses, ready_statuses = [], []
+            unready_after = None
+            while process.poll() is None and time.monotonic() - killed_at < 60:
+                try:
+                    ready = client.get("/readyz").status_code
+                    ready_statuses.append(ready)
+                    if ready == 503 and unready_after is None:
+                        unready_after = time.monotonic() - killed_at
+                    statuses.append(client.post("/recommend", json={"user_id": "1"}).status_code)
+                except httpx.TransportError:
+                    break
+                time.sleep(0.2)
+        exit_code = process.wait(timeout=60)
+        exited_after = time.monotonic() - killed_at
+    figures = dict(unready_after_s=round(unready_after, 2) if unready_after else None,
+                   recommend_statuses_after_kill=sorted(set(statuses)), exit_code=exit_code,
+                   exited_after_s=round(exited_after, 1))
+    check(unready_after is not None and unready_after < 5, "/readyz did not turn unready")
+    check(set(statuses) <= {200, 503} and 503 in statuses, "recommendations did not get 503")
+    check(exit_code == 3, f"the service exited with {exit_code}, not 3 (figures: {figures})")
+    return figures
+
+
+def shutdown(workdir: Path) -> dict:
+    """SIGTERM with 16 requests in flight: they finish, new connections are refused, exit in bound."""
+    with local_service(workdir) as (url, process):
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+                in_flight = [asyncio.create_task(recommend(client, str(u))) for u in range(1, 17)]
+                await asyncio.sleep(0.3)
+                process.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+                await asyncio.sleep(0.5)
+                async with httpx.AsyncClient(base_url=url, timeout=5) as fresh:
+                    late = await recommend(fresh)
+                finished = await asyncio.gather(*in_flight)
+                return finished, late, sent
+
+        finished, late, sent = asyncio.run(scenario())
+        exit_code = process.wait(timeout=60)
+        exited_after = time.monotonic() - sent
+    figures = dict(in_flight=len(finished), in_flight_answered_200=sum(code == 200 for code, _, _ in finished),
+                   new_request_after_sigterm=late[0], exit_code=exit_code, exited_after_s=round(exited_after, 1))
+    check(figures["in_flight_answered_200"] == len(finished), "in-flight requests were dropped")
+    check(late[0] in (-1, 503), "a new request was accepted after SIGTERM")
+    check(exited_after < 45, "shutdown took too long")
+    return figures
+
+
+def fuzz_schema(url: str, examples: int) -> dict[int, int]:
+    """Schemathesis over every operation of the service's OpenAPI schema: status -> count. A response
+    that is not JSON (or text, for /metrics) counts as status 0."""
+    import hypothesis
+    import schemathesis
+
+    statuses: dict[int, int] = {}
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(max_examples=examples, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        def call(case):
+            response = case.call()
+            content_type = (response.headers.get("content-type") or [""])[0]  # header -> list of values
+            status = response.status_code if content_type.startswith(("application/json", "text/plain")) else 0
+            statuses[status] = statuses.get(status, 0) + 1
+
+        call()
+    return statuses
+
+
+def bad_input(workdir: Path, examples: int) -> dict:
+    """Schema fuzzing at a larger budget, plus oversized, malformed and odd bodies."""
+    with local_service(workdir) as (url, _process):
+        statuses = fuzz_schema(url, examples)
+        tried = sum(statuses.values())
+        hand_made = [
+            ("POST", "/recommend", b'{"user_id": "1", "k": 1000000000000}'),
+            ("POST", "/recommend", b'{"user_id": "1", "k": -1}'),
+            ("POST", "/recommend", b'{"user_id": "\\u00e9\\u6f22\\ud83d\\ude00", "k": 3}'),
+            ("POST", "/recommend", b'{"user_id": "1", "history": ["\\u0000"]}'),
+            ("POST", "/recommend", b"\xff\xfe not utf-8"),
+            ("POST", "/recommend", b'{"user_id": "1"' * 10),
+            ("POST", "/recommend", b"[" * 100000 + b"]" * 100000),
+            ("POST", "/recommend", b'{"user_id": "' + b"x" * 3_000_000 + b'"}'),
+            ("POST", "/events", b'{"events": []}'),
+            ("POST", "/events", json.dumps({"events": [{"user_id": "u", "item_id": "1"}] * 5000}).encode()),
+            ("PUT", "/admin/catalog/items", json.dumps({"items": [{"item_id": "z1", "title": "\u00e9\u6f22 \U0001f600 (2026)"}]}).encode()),
+            ("PUT", "/admin/catalog/items", json.dumps({"items": [{"item_id": "z2", "title": "   "}]}).encode()),
+            ("GET", "/catalog/items/%00%ff", b""),
+        ]
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for method, path, body in hand_made:
+                tried += 1
+                status = client.request(method, path, content=body, headers={"content-type": "application/json"}).status_code
+                statuses[status] = statuses.get(status, 0) + 1
+    figures = dict(inputs_tried=tried, statuses=dict(sorted(statuses.items())),
+                   server_errors=sum(n for s, n in statuses.items() if s >= 500 and s != 503))
+    check(figures["server_errors"] == 0, "some input got a 5xx")
+    check(0 not in statuses, "some answer was not JSON")
+    return figures
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenario", choices=["redis-outage", "overload", "engine-failure", "shutdown", "bad-input", "all"])
+    p.add_argument("--sustainable-rps", type=float, default=8.0, help="recommendations/s the service holds (docs/operations.md)")
+    p.add_argument("--max-in-flight", type=int, default=10, help="HATREC_MAX_IN_FLIGHT for the overload run")
+    p.add_argument("--fuzz-examples", type=int, default=200)
+    p.add_argument("--out", help="write the figures here (JSON)")
+    args = p.parse_args()
+    scenarios = {
+        "redis-outage": redis_outage,
+        "overload": lambda d: overload(d, args.sustainable_rps, args.max_in_flight),
+        "engine-failure": engine_failure,
+        "shutdown": shutdown,
+        "bad-input": lambda d: bad_input(d, args.fuzz_examples),
+    }
+    chosen = list(scenarios) if args.scenario == "all" else [args.scenario]
+    results, failed = {}, False
+    for name in chosen:
+        with tempfile.TemporaryDirectory(prefix=f"hatrec-{name}-") as workdir:
+            started = time.monotonic()
+            try:
+                results[name] = dict(ok=True, **scenarios[name](Path(workdir)))
+            except Broken as exc:
+                failed = True
+                results[name] = dict(ok=False, broken=str(exc))
+                print(f"{name}: service log in {workdir}/service.log:", (Path(workdir) / "service.log").read_text()[-3000:])
+            results[name]["seconds"] = round(time.monotonic() - started, 1)
+            print(name, json.dumps(results[name]), flush=True)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(dict(command="python loadtests/reliability.py " + " ".join(sys.argv[1:]),
+                                                  results=results), indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

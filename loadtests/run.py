@@ -1,0 +1,143 @@
+"""Run the Locust load test headless against a service started here, for a bounded time.
+
+    python loadtests/run.py --run-time 60s --users 8                      # constant load
+    python loadtests/run.py --step --step-users 4 --step-seconds 30 --max-users 32 --p99-ms 2000
+
+Starts `python -m service` on 127.0.0.1 (free port) with its own embedded Redis in a temporary
+folder (your var/redis is not touched), waits for /readyz, runs Locust, stops the service (SIGINT,
+the same as Ctrl-C), and writes Locust's CSV and HTML reports under --out. With --step, a step-load
+shape raises the user count; every request is logged with the user count at that moment, and the
+report finds the highest step whose /recommend p99 stays under --p99-ms with no failed request
+(table in --out/steps.md, plot in --out/steps.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+from local_service import ROOT, free_port, start_service, stop_service, wait_ready
+
+RECOMMEND = "/recommend [known]"
+
+
+def step_table(request_log: Path, p99_ms: float, step_users: int, step_seconds: int, max_users: int) -> list[dict]:
+    """Per step of the shape: /recommend [known] p50/p99, requests/s over all routes, failed requests.
+    A request belongs to the step in which it started (the shape changes users every step_seconds
+    from the first request on); requests after the last step (shutdown) are left out."""
+    rows = list(csv.DictReader(request_log.open()))
+    start = min(float(r["time"]) - float(r["response_ms"]) / 1000 for r in rows)
+    steps: dict[int, dict] = defaultdict(lambda: dict(count=0, recommend_ms=[], failures=0))
+    for row in rows:
+        began = float(row["time"]) - float(row["response_ms"]) / 1000
+        users = (int((began - start) // step_seconds) + 1) * step_users
+        if users > max_users:
+            continue
+        step = steps[users]
+        step["count"] += 1
+        step["failures"] += row["ok"] == "0"
+        if row["name"] == RECOMMEND:
+            step["recommend_ms"].append(float(row["response_ms"]))
+    table = []
+    for users in sorted(steps):
+        ms = sorted(steps[users]["recommend_ms"])
+        if not ms:
+            continue
+        p99 = ms[int(0.99 * (len(ms) - 1))]
+        table.append(dict(users=users, recommend_p50_ms=round(ms[len(ms) // 2]), recommend_p99_ms=round(p99),
+                          requests_per_s=round(steps[users]["count"] / step_seconds, 2),
+                          failures=steps[users]["failures"], ok=p99 < p99_ms and steps[users]["failures"] == 0))
+    return table
+
+
+def write_step_report(table: list[dict], out: Path, p99_ms: float, command: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    passing = [row for row in table if row["ok"]]
+    best = passing[-1] if passing else None
+    lines = [f"Command: `{command}`", "",
+             f"Highest load with /recommend p99 < {p99_ms:.0f} ms and no failures: "
+             + (f"**{best['users']} users, {best['requests_per_s']} requests/s**" if best else "none"), "",
+             "| users | /recommend p50 ms | /recommend p99 ms | requests/s (all routes) | failures | ok |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['users']} | {r['recommend_p50_ms']} | {r['recommend_p99_ms']} | {r['requests_per_s']} | "
+              f"{r['failures']} | {'yes' if r['ok'] else 'no'} |" for r in table]
+    (out / "steps.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    users = [r["users"] for r in table]
+    ax.plot(users, [r["recommend_p99_ms"] for r in table], "o-", label="/recommend p99 (ms)")
+    ax.axhline(p99_ms, color="grey", linestyle="--", label="p99 target")
+    ax.set(xlabel="concurrent Locust users", ylabel="ms", title="latency vs load")
+    ax2 = ax.twinx()
+    ax2.plot(users, [r["requests_per_s"] for r in table], "s-", color="tab:green", label="requests/s")
+    ax2.set_ylabel("requests/s")
+    fig.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / "steps.png", dpi=120)
+    print("\n".join(lines))
+
+
+def warm_up(url: str) -> None:
+    """A few recommendations first: the first engine steps load kernels and allocate (seconds)."""
+    for user in ("1", "2", "3"):
+        request = urllib.request.Request(url + "/recommend", data=json.dumps({"user_id": user}).encode(),
+                                         headers={"content-type": "application/json"})
+        urllib.request.urlopen(request, timeout=60).read()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-time", default="60s", help="Locust --run-time (the test always stops by itself)")
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--spawn-rate", type=float, default=4)
+    p.add_argument("--step", action="store_true", help="step-load shape instead of a constant user count")
+    p.add_argument("--step-users", type=int, default=4)
+    p.add_argument("--step-seconds", type=int, default=30)
+    p.add_argument("--max-users", type=int, default=32)
+    p.add_argument("--p99-ms", type=float, default=2000)
+    p.add_argument("--out", default="loadtests/results")
+    p.add_argument("--start-timeout", type=float, default=600)
+    args = p.parse_args()
+
+    out = (ROOT / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="hatrec-load-redis-") as redis_dir:
+        service = start_service(port, redis_dir, out / "service.log", {})
+        try:
+            wait_ready(url, service, args.start_timeout)
+            cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+                   "--host", url, "--run-time", args.run_time, "--csv", str(out / "locust"), "--csv-full-history",
+                   "--html", str(out / "report.html"), "--only-summary", "--stop-timeout", "10"]
+            warm_up(url)
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "HATREC_REQUEST_LOG": str(out / "requests.csv")}
+            if args.step:
+                env.update(HATREC_STEP_LOAD="1", HATREC_STEP_USERS=str(args.step_users),
+                           HATREC_STEP_SECONDS=str(args.step_seconds), HATREC_STEP_MAX=str(args.max_users))
+            else:
+                cmd += ["--users", str(args.users), "--spawn-rate", str(args.spawn_rate)]
+            locust_rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        finally:
+            service_rc = stop_service(service)
+    print(f"locust exit code {locust_rc} (1 = some requests failed); service exit code {service_rc}")
+    if args.step:
+        table = step_table(out / "requests.csv", args.p99_ms, args.step_users, args.step_seconds, args.max_users)
+        write_step_report(table, out, args.p99_ms,
+                          "python loadtests/run.py " + " ".join(sys.argv[1:]))
+    return locust_rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

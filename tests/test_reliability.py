@@ -1,0 +1,23 @@
+"""The fast reliability scenarios of loadtests/reliability.py, in CI: each starts the real service
+(`python -m service`: embedded Redis, default model) in a subprocess and breaks something.
+The slower ones (Redis outage under load, 3x overload, fuzzing at a large budget) run from the script;
+their figures are in docs/operations.md."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "loadtests"))
+reliability = pytest.importorskip("reliability")
+
+
+def test_engine_death_makes_the_service_unready_then_exit(tmp_path):
+    figures = reliability.engine_failure(tmp_path)
+    assert figures["exit_code"] == 3 and figures["unready_after_s"] < 5
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path):
+    figures = reliability.shutdown(tmp_path)
+    assert figures["in_flight_answered_200"] == figures["in_flight"] == 16
+    assert figures["new_request_after_sigterm"] in (-1, 503)
