@@ -45,9 +45,9 @@ class Broken(AssertionError):
     pass
 
 
-def check(condition: bool, message: str) -> None:
+def check(condition: bool, message: str, figures: dict | None = None) -> None:
     if not condition:
-        raise Broken(message)
+        raise Broken(message + (f" {json.dumps(figures)}" if figures else ""))
 
 
 @contextmanager
@@ -174,7 +174,7 @@ async def _both(a, b):
 
 def overload(workdir: Path, sustainable_rps: float, max_in_flight: int) -> dict:
     """3x the sustainable arrival rate: excess shed with 429 + Retry-After, the rest keep their p99.
-    The in-flight bound is sized at the sustainable concurrency (rate x latency, ~10 here)."""
+    The in-flight bound is sized at the sustainable concurrency (rate x latency)."""
     with local_service(workdir, hatrec_max_in_flight=max_in_flight, hatrec_request_timeout_s=10) as (url, process):
         asyncio.run(open_loop(url, 2, 5, recommend))  # warm-up: first engine steps allocate and load
         baseline = asyncio.run(open_loop(url, sustainable_rps, 20, recommend))
@@ -192,12 +192,12 @@ def overload(workdir: Path, sustainable_rps: float, max_in_flight: int) -> dict:
                    slowest_s=round(max(s for _, s, _ in results), 3),
                    retry_after_on_every_429=all(r.headers.get("Retry-After") for r in shed),
                    rss_mib_before=round(rss_before), rss_mib_after=round(rss_after))
-    check(figures["shed_429"] > 0 and figures["retry_after_on_every_429"], "no shedding with Retry-After")
+    check(figures["shed_429"] > 0 and figures["retry_after_on_every_429"], "no shedding with Retry-After", figures)
     check(figures["p99_admitted_at_3x_s"] <= 1.5 * figures["p99_at_sustainable_s"] + 0.5,
-          "admitted requests lost their p99")
-    check(set(other) <= {503}, f"unexpected statuses {dict(other)} (-1: no answer)")
-    check(figures["slowest_s"] < RECOMMEND_BOUND_S, "a request hung")
-    check(rss_after < rss_before * 1.5 + 200, "gateway memory grew without bound")
+          "admitted requests lost their p99", figures)
+    check(set(other) <= {503}, f"unexpected statuses {dict(other)} (-1: no answer)", figures)
+    check(figures["slowest_s"] < RECOMMEND_BOUND_S, "a request hung", figures)
+    check(rss_after < rss_before * 1.2 + 200, "memory grew without bound", figures)
     return figures
 
 
@@ -320,8 +320,8 @@ def bad_input(workdir: Path, examples: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=["redis-outage", "overload", "engine-failure", "shutdown", "bad-input", "all"])
-    p.add_argument("--sustainable-rps", type=float, default=8.0, help="recommendations/s the service holds (docs/operations.md)")
-    p.add_argument("--max-in-flight", type=int, default=10, help="HATREC_MAX_IN_FLIGHT for the overload run")
+    p.add_argument("--sustainable-rps", type=float, default=6.0, help="recommendations/s the service holds (docs/operations.md)")
+    p.add_argument("--max-in-flight", type=int, default=6, help="HATREC_MAX_IN_FLIGHT for the overload run")
     p.add_argument("--fuzz-examples", type=int, default=200)
     p.add_argument("--out", help="write the figures here (JSON)")
     args = p.parse_args()
