@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from contextlib import ExitStack
 
@@ -35,9 +36,8 @@ async def catalog_present(redis_url: str, keys: Keys) -> bool:
         await redis.aclose()
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()
+def serve(settings: Settings) -> int:
+    """Run everything until stopped; the exit code: 0, or 3 when the engine died."""
     with ExitStack() as stack:
         if settings.redis_url is None:
             embedded = stack.enter_context(EmbeddedRedis(settings.embedded_redis_port, settings.embedded_redis_dir))
@@ -53,8 +53,19 @@ def main() -> None:
         app.state.request_exit = lambda: setattr(server, "should_exit", True)
         server.run()
     services = getattr(app.state, "services", None)
-    if services is not None and services.engine_failed:
-        sys.exit(ENGINE_FAILED_EXIT_CODE)
+    return ENGINE_FAILED_EXIT_CODE if services is not None and services.engine_failed else 0
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: turn it into an
+    # exception so that the embedded Redis is stopped too, and exit with the conventional 128 + signal.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        code = serve(Settings())
+    except KeyboardInterrupt:
+        code = 128 + signal.SIGINT
+    sys.exit(code)
 
 
 if __name__ == "__main__":
