@@ -57,16 +57,6 @@ def load_setup(model: str, data: str, num_prompts: int):
     return prompts, trie, builder
 
 
-def trie_node(trie, tokens) -> int | None:
-    """The trie node reached by `tokens` (None when they leave the trie)."""
-    node = 0
-    for tok in tokens:
-        node = trie.children[node].get(tok)
-        if node is None:
-            return None
-    return node
-
-
 def summary(latencies: list[float], wall: float, extra: dict | None = None) -> dict:
     lat = sorted(latencies)
     return dict(requests=len(lat), p50_ms=round(1000 * statistics.median(lat), 1),
@@ -127,15 +117,14 @@ def run_vllm_beam(args, prompts, trie, builder) -> dict:
     os.environ["HATLLM_BENCH_DATA"] = args.data
     llm = LLM(model=args.model, logits_processors=["benchmarks.trie_logits_processor:TrieLogitsProcessor"],
               **ENGINE_KWARGS)
-    depth = max(len(trie.path(item)) for item in trie.leaf_of)  # nodes on the path = tokens + 1 (EOS)
-    params = BeamSearchParams(beam_width=K, max_tokens=depth)
+    params = BeamSearchParams(beam_width=K, max_tokens=trie.longest_path + 1)  # + EOS after the title
     runs, lists = {}, None
 
     def titles_of(output, prompt):
         leaves = []
         for seq in output.sequences:
             generated = [t for t in seq.tokens[len(prompt):] if t != builder.tokenizer.eos_token_id]
-            node = trie_node(trie, generated)
+            node = trie.node(generated)
             if node is not None and node in trie.items_at:
                 leaves.append(node)
         return leaves
@@ -168,12 +157,11 @@ def run_hf_beam(args, prompts, trie, builder) -> dict:
     torch.set_num_threads(args.hf_threads)
     model = HatGenerateModel.load(args.model)
     close, eos = builder.item_close_id, builder.tokenizer.eos_token_id
-    depth = max(len(trie.path(item)) for item in trie.leaf_of)
     n = min(len(prompts), args.requests)
     latencies, got, started = [], [], time.perf_counter()
     for prompt in prompts[:n]:
         def allowed(_batch_id, ids, prompt_len=len(prompt)):
-            node = trie_node(trie, ids[prompt_len:].tolist())
+            node = trie.node(ids[prompt_len:].tolist())
             if node is None or node in trie.items_at:
                 return [eos]
             return list(trie.children[node])
@@ -181,10 +169,10 @@ def run_hf_beam(args, prompts, trie, builder) -> dict:
         t0 = time.perf_counter()
         with torch.no_grad():
             out = model.generate(torch.tensor([prompt]), num_beams=K, num_return_sequences=K, do_sample=False,
-                                 max_new_tokens=depth, prefix_allowed_tokens_fn=allowed, eos_token_id=close,
+                                 max_new_tokens=trie.longest_path + 1, prefix_allowed_tokens_fn=allowed, eos_token_id=close,
                                  pad_token_id=builder.tokenizer.pad_token_id, length_penalty=0.0, early_stopping=True)
         latencies.append(time.perf_counter() - t0)
-        leaves = [trie_node(trie, seq[len(prompt):].tolist()) for seq in out]
+        leaves = [trie.node(seq[len(prompt):].tolist()) for seq in out]
         got.append([leaf for leaf in leaves if leaf in trie.items_at])
     run = summary(latencies, time.perf_counter() - started)
     print("hf_beam", 1, run, flush=True)
@@ -219,9 +207,9 @@ def report(results: dict, out: Path) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for method, r in results["methods"].items():
-        cs = sorted(int(c) for c in r["runs"])
-        ax1.plot(cs, [r["runs"][c if c in r["runs"] else str(c)]["recs_per_s"] for c in cs], "o-", label=method)
-        ax2.plot(cs, [r["runs"][c if c in r["runs"] else str(c)]["p50_ms"] for c in cs], "o-", label=method)
+        runs = sorted((int(c), run) for c, run in r["runs"].items())  # keys are strings (read back from JSON)
+        ax1.plot([c for c, _ in runs], [run["recs_per_s"] for _, run in runs], "o-", label=method)
+        ax2.plot([c for c, _ in runs], [run["p50_ms"] for _, run in runs], "o-", label=method)
     ax1.set(xscale="log", yscale="log", xlabel="concurrent requests", ylabel="recommendations / s", title="throughput")
     ax2.set(xscale="log", yscale="log", xlabel="concurrent requests", ylabel="p50 latency (ms)", title="latency")
     ax1.legend()

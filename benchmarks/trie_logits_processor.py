@@ -16,7 +16,7 @@ from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from hatllm.data import load_dataset
 from hatllm.prompt import PromptBuilder
-from hatllm.trie import ROOT, TitleTrie
+from hatllm.trie import TitleTrie
 
 
 class TrieLogitsProcessor(AdapterLogitsProcessor):
@@ -37,9 +37,7 @@ class TrieLogitsProcessor(AdapterLogitsProcessor):
     def mask(self, prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         ids = list(prompt_ids) + list(output_ids)
         last_open = len(ids) - 1 - ids[::-1].index(self.builder.item_open_id)
-        node = ROOT
-        for tok in ids[last_open + 1:]:
-            node = self.trie.children[node].get(tok) if node is not None else None
+        node = self.trie.node(ids[last_open + 1:])
         allowed = [self.eos] if node is None or node in self.trie.items_at else list(self.trie.children[node])
         masked = torch.full_like(logits, float("-inf"))
         masked[allowed] = logits[allowed]

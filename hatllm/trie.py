@@ -28,7 +28,9 @@ class TitleTrie:
         self.item_count: list[int] = [0]
         self.leaf_of: dict[str, int] = {}
         self._parent: list[int] = [-1]
+        self.longest_path = 0  # tokens of the longest title path (close delimiter included)
         for item_id, tokens in item_tokens.items():
+            self.longest_path = max(self.longest_path, len(tokens))
             node = ROOT
             self.item_count[ROOT] += 1
             for tok in tokens:
@@ -57,6 +59,15 @@ class TitleTrie:
             {item: (*builder.title_tokens(title), close) for item, title in titles.items()},
             tie_order=lambda item: (-popularity[item], item),
         )
+
+    def node(self, tokens: Sequence[int]) -> int | None:
+        """The node reached from the root by `tokens`; None when they leave the trie."""
+        node = ROOT
+        for tok in tokens:
+            node = self.children[node].get(tok)
+            if node is None:
+                return None
+        return node
 
     def path(self, item_id: str) -> list[int]:
         """Nodes from the item's leaf up to the root (both included)."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,3 +55,21 @@ def stop_service(process: subprocess.Popen, timeout_s: float = 60) -> int:
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait()
+
+
+@contextmanager
+def running_service(workdir: Path, log_path: Path | None = None, redis_url: str | None = None,
+                    start_timeout_s: float = 600, **env):
+    """The service on a free port, ready; its embedded Redis (unless `redis_url`) and log in `workdir`
+    (the log at `log_path` if given); stopped like Ctrl-C on exit. `env`: settings, e.g.
+    hatrec_max_in_flight=6. Yields (url, process); `process.returncode` is set after the block."""
+    port = free_port()
+    process = start_service(port, str(workdir / "redis"), log_path or workdir / "service.log",
+                            {k.upper(): str(v) for k, v in env.items()}, redis_url)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, start_timeout_s)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            stop_service(process)

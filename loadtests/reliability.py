@@ -25,16 +25,17 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import redis
 
-from local_service import ROOT, free_port, start_service, stop_service, wait_ready
+from local_service import ROOT, free_port, running_service
 
 sys.path.insert(0, str(ROOT))
+from service.keys import Keys  # noqa: E402
 from service.redis_server import EmbeddedRedis  # noqa: E402
+from service.settings import Settings  # noqa: E402
 
 KNOWN_USERS = [str(u) for u in range(1, 611)]  # ml-latest-small users
 ITEM_IDS = ["1", "2", "3", "6", "50", "110", "260", "296", "318", "356", "480", "527", "589", "593", "2571"]
@@ -48,20 +49,6 @@ class Broken(AssertionError):
 def check(condition: bool, message: str, figures: dict | None = None) -> None:
     if not condition:
         raise Broken(message + (f" {json.dumps(figures)}" if figures else ""))
-
-
-@contextmanager
-def local_service(workdir: Path, redis_url: str | None = None, **env):
-    port = free_port()
-    process = start_service(port, str(workdir / "redis"), workdir / "service.log",
-                            {k.upper(): str(v) for k, v in env.items()}, redis_url)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, 600)
-        yield url, process
-    finally:
-        if process.poll() is None:
-            stop_service(process)
 
 
 def rss_mib(pid: int) -> float:
@@ -108,7 +95,7 @@ def redis_outage(workdir: Path) -> dict:
     server = EmbeddedRedis(free_port(), workdir / "redis-own").start()
     acked: list[tuple[str, str]] = []
     try:
-        with local_service(workdir, redis_url=server.url) as (url, _process):
+        with running_service(workdir, redis_url=server.url) as (url, _process):
             outage = {}
 
             async def traffic():
@@ -140,9 +127,13 @@ def redis_outage(workdir: Path) -> dict:
                 server.start()
                 outage["end"] = time.monotonic()
 
-            results, _ = asyncio.run(_both(traffic(), chaos()))
+            async def both():
+                return await asyncio.gather(traffic(), chaos())
+
+            results, _ = asyncio.run(both())
         client = redis.Redis(port=server.port, decode_responses=True)
-        stored = {user: client.lrange(f"hatrec:history:{user}", 0, -1) for user in {u for u, _ in acked}}
+        keys = Keys(Settings().redis_prefix)
+        stored = {user: client.lrange(keys.history(user), 0, -1) for user in {u for u, _ in acked}}
         expected: dict[str, list[str]] = {}
         for user, item in acked:
             expected.setdefault(user, []).append(item)
@@ -168,14 +159,10 @@ def redis_outage(workdir: Path) -> dict:
     return figures
 
 
-async def _both(a, b):
-    return await asyncio.gather(a, b)
-
-
 def overload(workdir: Path, sustainable_rps: float, max_in_flight: int) -> dict:
     """3x the sustainable arrival rate: excess shed with 429 + Retry-After, the rest keep their p99.
     The in-flight bound is sized at the sustainable concurrency (rate x latency)."""
-    with local_service(workdir, hatrec_max_in_flight=max_in_flight, hatrec_request_timeout_s=10) as (url, process):
+    with running_service(workdir, hatrec_max_in_flight=max_in_flight, hatrec_request_timeout_s=10) as (url, process):
         asyncio.run(open_loop(url, 2, 5, recommend))  # warm-up: first engine steps allocate and load
         baseline = asyncio.run(open_loop(url, sustainable_rps, 20, recommend))
         rss_before = rss_mib(process.pid)
@@ -203,7 +190,7 @@ def overload(workdir: Path, sustainable_rps: float, max_in_flight: int) -> dict:
 
 def engine_failure(workdir: Path) -> dict:
     """Kill the engine core: unready + 503 at once, then the service exits (code 3) for its supervisor."""
-    with local_service(workdir) as (url, process):
+    with running_service(workdir) as (url, process):
         engine_pids = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "EngineCore"], capture_output=True,
                                      text=True).stdout.split()
         check(bool(engine_pids), "no engine core process found")
@@ -237,7 +224,7 @@ def engine_failure(workdir: Path) -> dict:
 
 def shutdown(workdir: Path) -> dict:
     """SIGTERM with 16 requests in flight: they finish, new connections are refused, exit in bound."""
-    with local_service(workdir) as (url, process):
+    with running_service(workdir) as (url, process):
         async def scenario():
             async with httpx.AsyncClient(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
                 in_flight = [asyncio.create_task(recommend(client, str(u))) for u in range(1, 17)]
@@ -287,7 +274,7 @@ def fuzz_schema(url: str, examples: int) -> dict[int, int]:
 
 def bad_input(workdir: Path, examples: int) -> dict:
     """Schema fuzzing at a larger budget, plus oversized, malformed and odd bodies."""
-    with local_service(workdir) as (url, _process):
+    with running_service(workdir) as (url, _process):
         statuses = fuzz_schema(url, examples)
         tried = sum(statuses.values())
         hand_made = [

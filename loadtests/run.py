@@ -24,7 +24,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from local_service import ROOT, free_port, start_service, stop_service, wait_ready
+from local_service import ROOT, running_service
 
 RECOMMEND = "/recommend [known]"
 
@@ -112,25 +112,20 @@ def main() -> int:
 
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="hatrec-load-redis-") as redis_dir:
-        service = start_service(port, redis_dir, out / "service.log", {})
-        try:
-            wait_ready(url, service, args.start_timeout)
-            cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-                   "--host", url, "--run-time", args.run_time, "--csv", str(out / "locust"), "--csv-full-history",
-                   "--html", str(out / "report.html"), "--only-summary", "--stop-timeout", "10"]
-            warm_up(url)
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "HATREC_REQUEST_LOG": str(out / "requests.csv")}
-            if args.step:
-                env.update(HATREC_STEP_LOAD="1", HATREC_STEP_USERS=str(args.step_users),
-                           HATREC_STEP_SECONDS=str(args.step_seconds), HATREC_STEP_MAX=str(args.max_users))
-            else:
-                cmd += ["--users", str(args.users), "--spawn-rate", str(args.spawn_rate)]
-            locust_rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
-        finally:
-            service_rc = stop_service(service)
+    with tempfile.TemporaryDirectory(prefix="hatrec-load-") as workdir, \
+            running_service(Path(workdir), out / "service.log", start_timeout_s=args.start_timeout) as (url, service):
+        warm_up(url)
+        cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+               "--host", url, "--run-time", args.run_time, "--csv", str(out / "locust"), "--csv-full-history",
+               "--html", str(out / "report.html"), "--only-summary", "--stop-timeout", "10"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HATREC_REQUEST_LOG": str(out / "requests.csv")}
+        if args.step:
+            env.update(HATREC_STEP_LOAD="1", HATREC_STEP_USERS=str(args.step_users),
+                       HATREC_STEP_SECONDS=str(args.step_seconds), HATREC_STEP_MAX=str(args.max_users))
+        else:
+            cmd += ["--users", str(args.users), "--spawn-rate", str(args.spawn_rate)]
+        locust_rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    service_rc = service.returncode
     print(f"locust exit code {locust_rc} (1 = some requests failed); service exit code {service_rc}")
     if args.step:
         table = step_table(out / "requests.csv", args.p99_ms, args.step_users, args.step_seconds, args.max_users)

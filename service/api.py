@@ -30,7 +30,7 @@ from hatllm.prompt import PromptBuilder
 from . import metrics
 from .catalog import CatalogCache
 from .engine import Engine
-from .errors import ServiceError, unknown_items
+from .errors import ServiceError, catalog_unavailable, error_body, unknown_items
 from .keys import Keys
 from .limits import BodySizeLimit
 from .recommender import Recommender
@@ -125,7 +125,7 @@ def require_api_key(services: ServicesDep, key: str | None = Security(APIKeyHead
 
 
 def error_response(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status, headers=headers)
+    return JSONResponse(error_body(code, message, details), status, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -210,15 +210,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def catalog_info(services: ServicesDep) -> CatalogInfo:
         snapshot = services.catalog.current
         if snapshot is None:
-            raise ServiceError(503, "catalog_unavailable", "no catalog loaded yet", retry_after=settings.retry_after_s)
+            raise catalog_unavailable(settings.retry_after_s)
         return CatalogInfo(version=snapshot.version, size=len(snapshot.titles))
 
-    @app.get("/catalog/items/{item_id}", response_model=CatalogItem, tags=["catalog"])
-    async def catalog_item(item_id: str, services: ServicesDep) -> CatalogItem:
+    async def stored_title(services: Services, item_id: str) -> str:
         (title,) = await services.store.titles([item_id])
         if title is None:
             raise ServiceError(404, "item_not_found", f"no item {item_id!r} in the catalog")
-        return CatalogItem(item_id=item_id, title=title)
+        return title
+
+    @app.get("/catalog/items/{item_id}", response_model=CatalogItem, tags=["catalog"])
+    async def catalog_item(item_id: str, services: ServicesDep) -> CatalogItem:
+        return CatalogItem(item_id=item_id, title=await stored_title(services, item_id))
 
     @app.put("/admin/catalog/items", response_model=CatalogInfo, tags=["admin"], dependencies=[Depends(require_api_key)])
     async def put_items(body: CatalogItems, services: ServicesDep) -> CatalogInfo:
@@ -238,16 +241,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.delete("/admin/catalog/items/{item_id}", response_model=CatalogInfo, tags=["admin"],
                 dependencies=[Depends(require_api_key)])
     async def remove_item(item_id: str, services: ServicesDep) -> CatalogInfo:
-        (title,) = await services.store.titles([item_id])
-        if title is None:
-            raise ServiceError(404, "item_not_found", f"no item {item_id!r} in the catalog")
+        await stored_title(services, item_id)
         await services.store.remove_items([item_id])
         return await _refreshed(services)
 
     async def _refreshed(services: Services) -> CatalogInfo:
         snapshot = await services.catalog.refresh()
-        metrics.CATALOG_VERSION.set(snapshot.version)
-        metrics.CATALOG_ITEMS.set(len(snapshot.titles))
         return CatalogInfo(version=snapshot.version, size=len(snapshot.titles))
 
     @app.get("/healthz", tags=["ops"])
@@ -264,11 +263,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"ready": False, "checks": checks}, 503, headers={"Retry-After": str(settings.retry_after_s)})
 
     @app.get("/metrics", tags=["ops"])
-    async def prometheus_metrics(services: ServicesDep) -> Response:
-        snapshot = services.catalog.current
-        if snapshot is not None:
-            metrics.CATALOG_VERSION.set(snapshot.version)
-            metrics.CATALOG_ITEMS.set(len(snapshot.titles))
+    async def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

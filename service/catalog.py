@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from hatllm.prompt import PromptBuilder
 from hatllm.trie import TitleTrie
 
+from . import metrics
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,12 @@ class CatalogSnapshot:
     titles: dict[str, str]
     trie: TitleTrie
     popular: list[str]  # item ids, most interacted first (cold start, and the trie's tie order)
-    longest_title: int  # tokens of the longest title with its close delimiter: what decoding may add
 
     @classmethod
     def build(cls, version: int, titles: dict[str, str], popularity: dict[str, float], builder: PromptBuilder):
         counts = Counter({item: popularity.get(item, 0) for item in titles})
         popular = sorted(titles, key=lambda item: (-counts[item], item))
-        trie = TitleTrie.from_catalog(titles, builder, counts)
-        longest = max((len(builder.title_tokens(t)) + 1 for t in titles.values()), default=0)
-        return cls(version, titles, trie, popular, longest)
+        return cls(version, titles, TitleTrie.from_catalog(titles, builder, counts), popular)
 
 
 class CatalogCache:
@@ -57,6 +55,8 @@ class CatalogCache:
             popularity = await self.store.popularity()
             snapshot = await asyncio.to_thread(CatalogSnapshot.build, version, titles, popularity, self.builder)
             self.current = snapshot
+            metrics.CATALOG_VERSION.set(version)
+            metrics.CATALOG_ITEMS.set(len(titles))
             log.info("catalog version %d: %d items", version, len(titles))
             return snapshot
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .errors import error_body
+
 
 class BodyTooLarge(Exception):
     pass
@@ -43,8 +45,8 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send):
-        body = json.dumps({"error": {"code": "body_too_large", "details": {"max_bytes": self.max_bytes},
-                                     "message": f"request bodies are limited to {self.max_bytes} bytes"}}).encode()
+        body = json.dumps(error_body("body_too_large", f"request bodies are limited to {self.max_bytes} bytes",
+                                     {"max_bytes": self.max_bytes})).encode()
         await send({"type": "http.response.start", "status": 422,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -16,7 +16,7 @@ from hatllm.prompt import PromptBuilder
 from . import metrics
 from .catalog import CatalogCache, CatalogSnapshot
 from .engine import Engine
-from .errors import ServiceError, unknown_items
+from .errors import ServiceError, catalog_unavailable, unknown_items
 from .schemas import RecommendedItem, RecommendRequest, RecommendResponse
 from .settings import Settings
 from .store import Store
@@ -41,7 +41,7 @@ class Recommender:
             raise ServiceError(422, "k_too_large", f"k must be at most {self.settings.max_k}")
         snapshot = self.catalog.current
         if snapshot is None:
-            raise ServiceError(503, "catalog_unavailable", "no catalog loaded yet", retry_after=self.settings.retry_after_s)
+            raise catalog_unavailable(self.settings.retry_after_s)
         with stage("redis"):
             history = await self._history(req, snapshot)
         deny = set(req.filters.deny) if req.filters else set()
@@ -53,10 +53,11 @@ class Recommender:
         if not self.engine.ready:
             raise ServiceError(503, "engine_unavailable", "the model engine is not running",
                                retry_after=self.settings.retry_after_s)
+        recent = history[-self.settings.max_history:]  # the prompt's items; exclusion covers all of history
         with stage("prompt"):
-            prompt = self.builder.prompt([snapshot.titles[i] for i in history[-self.settings.max_history:]])
+            prompt = self.builder.prompt([snapshot.titles[i] for i in recent])
             view = snapshot.trie.view(allow=allow, deny=deny)
-        if len(prompt) + snapshot.longest_title > self.settings.max_model_len:
+        if len(prompt) + snapshot.trie.longest_path > self.settings.max_model_len:
             raise ServiceError(422, "history_too_long", f"the prompt ({len(prompt)} tokens) leaves no room for a title "
                                                         f"within max_model_len={self.settings.max_model_len}")
         with stage("decode"):
@@ -65,7 +66,7 @@ class Recommender:
         items = [RecommendedItem(rank=r, item_id=item, title=snapshot.titles[item], score=score)
                  for r, (item, score) in enumerate(result.items, 1)]
         return RecommendResponse(user_id=req.user_id, items=items, model=self.engine.name,
-                                 catalog_version=snapshot.version, history_length=len(history[-self.settings.max_history:]),
+                                 catalog_version=snapshot.version, history_length=len(recent),
                                  strategy="model", exhausted=len(items) < req.k)
 
     async def _history(self, req: RecommendRequest, snapshot: CatalogSnapshot) -> list[str]:

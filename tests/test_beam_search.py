@@ -45,6 +45,9 @@ def test_trie_structure(trie, builder):
     leaf = trie.leaf_of["4"]
     assert trie.items_at[leaf] == ["5", "4"]  # duplicate title: more popular first
     assert trie.leaf_of["5"] == leaf
+    path = (*builder.title_tokens(TITLES["4"]), builder.item_close_id)
+    assert trie.node(path) == leaf and trie.node(path[:-1]) == trie.path("4")[1] and trie.node([-1]) is None
+    assert trie.longest_path == max(len(builder.title_tokens(t)) + 1 for t in TITLES.values())
 
 
 def test_view_counts(trie):

@@ -7,7 +7,6 @@ test, which may change the catalog, comes last.
 
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -34,17 +33,12 @@ from service.redis_server import EmbeddedRedis  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "loadtests"))
+from local_service import free_port  # noqa: E402
 from reliability import fuzz_schema  # noqa: E402
 
 HISTORIES = {"alice": ["1", "3", "7"], "bob": ["2", "8"], "carol": ["6", "1", "2", "3"]}
 POPULARITY = Counter({"3": 9, "1": 7, "2": 5, "8": 4, "7": 3, "6": 2, "5": 1, "4": 1})
 KEYS = Keys("hatrec")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
