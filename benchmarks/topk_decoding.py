@@ -34,8 +34,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
 DEFAULT_MODEL = "models/ml-latest-small-hat"
 DEFAULT_DATA = "data/ml-latest-small"
 K = 10
-ENGINE_KWARGS = dict(dtype="float32", max_model_len=1024, block_size=32, enforce_eager=True, seed=0,
-                     max_num_seqs=512, max_num_batched_tokens=8192)
+ENGINE_KWARGS = dict(dtype="float32", max_model_len=1024, enforce_eager=True, seed=0, max_num_seqs=512,
+                     max_num_batched_tokens=8192)
 
 
 def load_setup(model: str, data: str, num_prompts: int):
@@ -66,11 +66,11 @@ def summary(latencies: list[float], wall: float, extra: dict | None = None) -> d
 
 async def run_async(method: str, args, prompts, trie, builder) -> dict:
     from vllm import SamplingParams
-    from vllm.v1.engine.async_llm import AsyncLLM
 
-    from hatllm.engine_topk import EngineTopK, engine_args
+    from hatllm.engine_topk import EngineTopK, engine_args, start_engine
 
-    engine = AsyncLLM.from_engine_args(engine_args(args.model, **ENGINE_KWARGS))
+    engine = start_engine(engine_args(args.model, block_size=args.block_size, distributed_executor_backend=args.executor,
+                                      **ENGINE_KWARGS))
     topk = EngineTopK(engine)
     view = trie.view()
     greedy = SamplingParams(max_tokens=64, temperature=0.0, stop_token_ids=[builder.item_close_id], detokenize=False)
@@ -116,7 +116,7 @@ def run_vllm_beam(args, prompts, trie, builder) -> dict:
 
     os.environ["HATLLM_BENCH_DATA"] = args.data
     llm = LLM(model=args.model, logits_processors=["benchmarks.trie_logits_processor:TrieLogitsProcessor"],
-              **ENGINE_KWARGS)
+              block_size=args.block_size, **ENGINE_KWARGS)
     params = BeamSearchParams(beam_width=K, max_tokens=trie.longest_path + 1)  # + EOS after the title
     runs, lists = {}, None
 
@@ -238,6 +238,9 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=16, help="requests per run (at least 2x the concurrency)")
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--hf-threads", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=16, help="KV block size of the vLLM engines (tokens)")
+    p.add_argument("--executor", choices=["uni", "mp"], default="uni",
+                   help="(a) and (d): model worker inside the engine-core process (uni, as served) or its own (mp)")
     p.add_argument("--out", default="docs/results/topk_decoding")
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

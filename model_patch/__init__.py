@@ -1,7 +1,8 @@
 """vLLM plugin serving HatLLM checkpoints with their per-layer IN / OR / CR attention masks.
 
 Loaded by vLLM itself in every process through the ``vllm.general_plugins`` entry point (see
-pyproject.toml); it registers ``Hat<Base>`` architectures with vLLM's ModelRegistry. See README.md.
+pyproject.toml); it registers ``Hat<Base>`` architectures with vLLM's ModelRegistry, and vLLM's CPU attention backend with
+16-token KV blocks allowed (``cpu_attention.HatCPUAttentionBackend``). See README.md.
 """
 
 # Base architectures a HatLLM checkpoint may be fine-tuned from: vLLM module and class of each.
@@ -16,8 +17,10 @@ BASE_MODELS = {
 def register() -> None:
     """Entry point: idempotent, cheap (classes are imported lazily by vLLM)."""
     from vllm import ModelRegistry
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     from hatllm.modeling import hat_architecture
 
     for base in BASE_MODELS:
         ModelRegistry.register_model(hat_architecture(base), f"model_patch.hat_models:{hat_architecture(base)}")
+    register_backend(AttentionBackendEnum.CPU_ATTN, "model_patch.cpu_attention.HatCPUAttentionBackend")

@@ -12,12 +12,26 @@ inside an IN/CR layer's tensor is ours, so prefix caching, preemption and block 
 from __future__ import annotations
 
 import torch
-from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+from vllm.v1.attention.backend import MultipleOf
+from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
 
 from hatllm.masks import LayerType
 
 from .kernels import LAYER_CODES, hat_attention_ops
 from .segments import SegmentTracker
+
+
+class HatCPUAttentionBackend(CPUAttentionBackend):
+    """vLLM's CPU attention backend, also accepting 16-token KV blocks.
+
+    vLLM's CPU kernels run 16-token blocks (its ISA choice picks ``vec16`` for them; tested against the
+    reference in tests/test_engine.py) but the backend declares multiples of 32 only. Top-K decoding sends
+    every beam as a request that recomputes its last partial block: 16-token blocks halve that work.
+    """
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list[int | MultipleOf]:
+        return [MultipleOf(16)]
 
 
 class HatCPUAttentionImpl(CPUAttentionBackendImpl):

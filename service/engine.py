@@ -31,15 +31,14 @@ class Engine:
         """Blocking (~30 s on CPU): the service is not ready before it returns."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_gib))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(self.settings.engine_cpu_bind))
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        from hatllm.engine_topk import EngineTopK, engine_args
+        from hatllm.engine_topk import EngineTopK, engine_args, start_engine
 
         s = self.settings
         args = engine_args(s.model_path, dtype=s.dtype, max_model_len=s.max_model_len, max_num_seqs=s.max_num_seqs,
                            max_num_batched_tokens=s.max_num_batched_tokens, enforce_eager=s.enforce_eager,
-                           block_size=32, disable_log_stats=not s.engine_log_stats)
-        self.llm = AsyncLLM.from_engine_args(args)
+                           block_size=s.kv_block_size, disable_log_stats=not s.engine_log_stats,
+                           distributed_executor_backend="uni" if s.engine_worker_in_process else None)
+        self.llm = start_engine(args)
         self.topk = EngineTopK(self.llm)
 
     @property

@@ -50,11 +50,16 @@ class Settings(BaseSettings):
     # Engine (vLLM)
     dtype: str = Field("float32", description="engine dtype (float32, bfloat16, auto)")
     kv_cache_gib: int = Field(2, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    kv_block_size: int = Field(16, ge=1, description="KV-cache block in tokens; each beam request recomputes its last "
+                                                    "partial block (16: the smallest vLLM's CPU kernels take)")
     max_model_len: int = Field(2048, description="longest prompt + title, in tokens")
     max_num_seqs: int = Field(512, description="engine batch size (beams of all requests share steps)")
     max_num_batched_tokens: int = Field(8192, description="tokens per engine step")
     engine_cpu_bind: str = Field(
         "all", description="CPU engine threads: 'all' = every core this process may use, 'auto' = vLLM's default "
                            "(leaves one core free), or a VLLM_CPU_OMP_THREADS_BIND list such as '0-7'")
+    engine_worker_in_process: bool = Field(
+        True, description="run the model worker inside vLLM's engine-core process ('uni' executor, as vLLM does for "
+                          "one GPU) rather than in a process of its own; false for tensor parallelism")
     enforce_eager: bool = Field(True, description="skip graph capture / torch.compile (fast start)")
     engine_log_stats: bool = Field(True, description="expose vLLM's own metrics on /metrics")

@@ -38,14 +38,14 @@ def checkpoints(hat_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompts(builder):
-    # Varied item counts; lengths span one to several 32-token KV blocks.
+    # Varied item counts; lengths span one to several KV blocks.
     return [builder.prompt([TITLE_LIST[(i + j) % len(TITLE_LIST)] for j in range(1 + i % 5)]) for i in range(8)]
 
 
 class Engine:
-    def __init__(self, path, **kwargs):
-        self.llm = vllm.LLM(model=str(path), dtype="float32", max_model_len=256, block_size=32, enforce_eager=True,
-                            disable_log_stats=False, seed=0, **kwargs)
+    def __init__(self, path, block_size: int = 16, **kwargs):
+        self.llm = vllm.LLM(model=str(path), dtype="float32", max_model_len=256, block_size=block_size,
+                            enforce_eager=True, disable_log_stats=False, seed=0, **kwargs)
 
     def greedy(self, prompts, max_tokens: int = MAX_TOKENS):
         params = vllm.SamplingParams(max_tokens=max_tokens, temperature=0, logprobs=0, ignore_eos=True)
@@ -66,10 +66,11 @@ class Engine:
 
 
 ENGINE_CONFIGS = {
-    # Prefix caching, chunked prefill (32-token budget) and a KV cache small enough to preempt.
+    # Prefix caching, chunked prefill (32-token budget) and a KV cache small enough to preempt (16-token blocks,
+    # as served); the plain engine uses vLLM's own 32-token CPU blocks.
     "hat_chunked": ("hat", dict(enable_prefix_caching=True, max_num_batched_tokens=32, max_num_seqs=8,
-                                num_gpu_blocks_override=10)),
-    "hat_plain": ("hat", dict(enable_prefix_caching=False, max_num_batched_tokens=2048)),
+                                num_gpu_blocks_override=20)),
+    "hat_plain": ("hat", dict(enable_prefix_caching=False, max_num_batched_tokens=2048, block_size=32)),
     "stock_on_hat_weights": ("hat", dict(hf_overrides={"architectures": ["LlamaForCausalLM"]})),
     "all_or": ("causal", dict()),
 }
@@ -134,7 +135,7 @@ class TestChunkedPrefixCachedEngine:
         assert_matches_reference(engine.greedy(prompts), load_model(checkpoints / "hat"), prompts)
 
     def test_preemption_recomputes_segments(self, engine, checkpoints, builder):
-        # Distinct first blocks and long generations: 8 requests need ~24 blocks of the 10 in the cache.
+        # Distinct first blocks and long generations: 8 requests need ~48 blocks of the 20 in the cache.
         batch = [builder.prompt([TITLE_LIST[(i + j * 3) % len(TITLE_LIST)] for j in range(5)]) for i in range(8)]
         preempted_before = engine.metric("vllm:num_preemptions")
         assert_matches_reference(engine.greedy(batch, max_tokens=40), load_model(checkpoints / "hat"), batch)

@@ -25,14 +25,12 @@ TITLE_LIST = list(TITLES.values())
 @pytest.fixture(scope="module")
 def engine_search(hat_checkpoint):
     """`run(coroutine)` on the engine's loop, and the `EngineTopK` bound to it."""
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    from hatllm.engine_topk import EngineTopK, engine_args
+    from hatllm.engine_topk import EngineTopK, engine_args, start_engine
 
     loop = asyncio.new_event_loop()
-    args = engine_args(str(hat_checkpoint), dtype="float32", max_model_len=256, block_size=32, enforce_eager=True,
-                       seed=0)
-    engine = AsyncLLM.from_engine_args(args)
+    args = engine_args(str(hat_checkpoint), dtype="float32", max_model_len=256, block_size=16, enforce_eager=True,
+                       seed=0, distributed_executor_backend="uni")  # as served
+    engine = start_engine(args)
     yield loop.run_until_complete, EngineTopK(engine)
 
     async def shutdown():  # inside the loop, so the client closes its sockets now (else zmq hangs at GC)
@@ -92,3 +90,11 @@ def test_beam_width_out_of_range_is_refused(engine_search, builder, trie):
     run, topk = engine_search
     with pytest.raises(ValueError, match="beam_width"):
         run(topk.search(builder.prompt([TITLES["1"]]), trie.view(), 5, beam_width=101))
+
+
+def test_worker_runs_inside_the_engine_core(engine_search):
+    # The served configuration: vLLM's CPU platform keeps "uni" only while the start sets its flag, and the
+    # flag does not outlive the start (it would turn later sync LLMs of this process in-process).
+    _, topk = engine_search
+    assert topk.engine.vllm_config.parallel_config.distributed_executor_backend == "uni"
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
