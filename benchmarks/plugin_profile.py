@@ -71,6 +71,7 @@ def main() -> None:
         "decode, 16 requests, 250 context": (16, 1, 250),
         "prefill, 1 request, 250 tokens": (1, 250, 0),
         "prefill, 16 requests, 250 tokens": (16, 250, 0),
+        "top-K round, 10 beams x 10 tokens, 270 cached": (10, 10, 270),
     }.items():
         meta, ids, positions, num_slots = step(requests, new, context)
         tracker = SegmentTracker(OPEN, CLOSE)

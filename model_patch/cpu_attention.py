@@ -53,12 +53,9 @@ class HatCPUAttentionImpl(CPUAttentionBackendImpl):
         return kv_cache.view(num_blocks * block_size, kv_heads, two_head)
 
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
-        head = key.shape[-1]
-        valid = slot_mapping >= 0  # the runner pads slot_mapping with -1
-        slots = slot_mapping[valid].long()
-        rows = self._slot_rows(kv_cache)
-        rows[slots, :, :head] = key[: len(valid)][valid].to(kv_cache.dtype)
-        rows[slots, :, head:] = value[: len(valid)][valid].to(kv_cache.dtype)
+        # The runner pads slot_mapping with -1 (skipped by the op).
+        hat_attention_ops().hat_cache_update(key.to(kv_cache.dtype), value.to(kv_cache.dtype),
+                                             self._slot_rows(kv_cache), slot_mapping.long())
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, output_scale=None, output_block_scale=None):
         if attn_metadata is None:  # profiling / warm-up run
