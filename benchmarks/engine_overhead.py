@@ -118,6 +118,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "models" / "ml-latest-small-hat"))
     p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--models", default="default,4x", help="which of: default, 4x (a larger random model)")
     p.add_argument("--out", default=str(ROOT / "docs" / "results" / "engine_overhead.json"))
     p.add_argument("--repeats", type=int, default=1, help="runs per engine; metrics are medians over them")
     args = p.parse_args()
@@ -126,7 +127,10 @@ def main() -> None:
     default = Path(args.model)
     prompts = prompts_from_dataset(default, 32)
     tmp = Path(tempfile.mkdtemp())
-    models = {"default": default, "4x": larger_model(default, tmp / "larger")}
+    wanted = args.models.split(",")
+    models = {"default": default} if "default" in wanted else {}
+    if "4x" in wanted:
+        models["4x"] = larger_model(default, tmp / "larger")
     results = []
     for name, path in models.items():
         for dtype in args.dtypes.split(","):

@@ -249,7 +249,8 @@ def main() -> None:
         return run_method(args)
     results = dict(command="python -m benchmarks.topk_decoding " + " ".join(sys.argv[1:]),
                    machine=f"{os.cpu_count()} CPU cores, VLLM_CPU_OMP_THREADS_BIND="
-                           f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (one core)')}", methods={})
+                           f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (one core)')}, KV blocks of {args.block_size} "
+                           f"tokens, executor {args.executor}", methods={})
     for method in args.methods:
         result_file = Path(args.out).with_name(f".{method}.json")
         result_file.parent.mkdir(parents=True, exist_ok=True)

@@ -54,3 +54,15 @@ def test_sasrec_trains_and_ranks(tiny_dataset, tmp_path):
     sasrec.main(["--data", str(tiny_dataset), "--out", str(tmp_path), "--epochs", "5"])
     result = evaluate.main(["--data", str(tiny_dataset), "--method", "sasrec", "--model", str(tmp_path), "--k", "5"])
     assert result["invalid_outputs"] == 0 and result["users"] == 12
+
+
+def test_sensitivity_table_reads_schedule_and_loss_from_the_checkpoint(trained, tiny_dataset, tmp_path):
+    from hatllm import sensitivity
+
+    evaluate.main(["--data", str(tiny_dataset), "--method", "llm", "--model", str(trained), "--k", "3",
+                   "--out", str(tmp_path / "hat.json")])
+    table = sensitivity.main([str(tmp_path)])
+    loss = json.loads((trained / "training.json").read_text())["final_valid_loss"]
+    assert "| IN,OR,CR | 1 | 1 | 1 | 0 |" in table and f"| {loss:.3f} |" in table
+    assert (tmp_path / "table.md").read_text().strip() == table
+    assert (tmp_path / "sensitivity.png").stat().st_size > 0
