@@ -34,7 +34,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
 DEFAULT_MODEL = "models/ml-latest-small-hat"
 DEFAULT_DATA = "data/ml-latest-small"
 K = 10
-ENGINE_KWARGS = dict(dtype="float32", max_model_len=1024, enforce_eager=True, seed=0, max_num_seqs=512,
+ENGINE_KWARGS = dict(max_model_len=1024, enforce_eager=True, seed=0, max_num_seqs=512,
                      max_num_batched_tokens=8192)
 
 
@@ -69,8 +69,8 @@ async def run_async(method: str, args, prompts, trie, builder) -> dict:
 
     from hatllm.engine_topk import EngineTopK, engine_args, start_engine
 
-    engine = start_engine(engine_args(args.model, block_size=args.block_size, distributed_executor_backend=args.executor,
-                                      **ENGINE_KWARGS))
+    engine = start_engine(engine_args(args.model, dtype=args.dtype, block_size=args.block_size,
+                                      distributed_executor_backend=args.executor, **ENGINE_KWARGS))
     topk = EngineTopK(engine)
     view = trie.view()
     greedy = SamplingParams(max_tokens=64, temperature=0.0, stop_token_ids=[builder.item_close_id], detokenize=False)
@@ -116,7 +116,7 @@ def run_vllm_beam(args, prompts, trie, builder) -> dict:
 
     os.environ["HATLLM_BENCH_DATA"] = args.data
     llm = LLM(model=args.model, logits_processors=["benchmarks.trie_logits_processor:TrieLogitsProcessor"],
-              block_size=args.block_size, **ENGINE_KWARGS)
+              dtype=args.dtype, block_size=args.block_size, **ENGINE_KWARGS)
     params = BeamSearchParams(beam_width=K, max_tokens=trie.longest_path + 1)  # + EOS after the title
     runs, lists = {}, None
 
@@ -155,7 +155,7 @@ def run_hf_beam(args, prompts, trie, builder) -> dict:
     from benchmarks.hf_generate import HatGenerateModel
 
     torch.set_num_threads(args.hf_threads)
-    model = HatGenerateModel.load(args.model)
+    model = HatGenerateModel.load(args.model).to(getattr(torch, args.dtype))
     close, eos = builder.item_close_id, builder.tokenizer.eos_token_id
     n = min(len(prompts), args.requests)
     latencies, got, started = [], [], time.perf_counter()
@@ -238,6 +238,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=16, help="requests per run (at least 2x the concurrency)")
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--hf-threads", type=int, default=2)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="every method's dtype")
     p.add_argument("--block-size", type=int, default=16, help="KV block size of the vLLM engines (tokens)")
     p.add_argument("--executor", choices=["uni", "mp"], default="uni",
                    help="(a) and (d): model worker inside the engine-core process (uni, as served) or its own (mp)")
@@ -249,7 +250,8 @@ def main() -> None:
         return run_method(args)
     results = dict(command="python -m benchmarks.topk_decoding " + " ".join(sys.argv[1:]),
                    machine=f"{os.cpu_count()} CPU cores, VLLM_CPU_OMP_THREADS_BIND="
-                           f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (one core)')}, KV blocks of {args.block_size} "
+                           f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (one core)')}, {args.dtype}, "
+                           f"KV blocks of {args.block_size} "
                            f"tokens, executor {args.executor}", methods={})
     for method in args.methods:
         result_file = Path(args.out).with_name(f".{method}.json")
