@@ -59,12 +59,19 @@ def larger_model(default: Path, out: Path) -> Path:
     return out
 
 
-def run_engine(model: str, dtype: str, stock: bool, prompts: list[list[int]], queue) -> None:
-    from vllm import LLM, SamplingParams
+def start_llm(model: str, dtype: str, stock: bool):
+    """The patched engine, or stock vLLM (its own Llama, causal attention) on the same weights."""
+    from vllm import LLM
 
     overrides = {"architectures": ["LlamaForCausalLM"]} if stock else None
-    llm = LLM(model=model, dtype=dtype, max_model_len=1024, block_size=32, hf_overrides=overrides,
-              enable_prefix_caching=False, seed=0)
+    return LLM(model=model, dtype=dtype, max_model_len=1024, block_size=32, hf_overrides=overrides,
+               enable_prefix_caching=False, seed=0)
+
+
+def run_engine(model: str, dtype: str, stock: bool, prompts: list[list[int]], queue) -> None:
+    from vllm import SamplingParams
+
+    llm = start_llm(model, dtype, stock)
     inputs = [{"prompt_token_ids": p} for p in prompts]
     prefill = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
     decode = SamplingParams(max_tokens=DECODE_TOKENS, temperature=0, ignore_eos=True)
@@ -102,10 +109,11 @@ def median_result(results: list[dict]) -> dict:
             for batch in results[0]}
 
 
-def measure(model: Path, dtype: str, stock: bool, prompts) -> dict:
+def in_own_process(target, *args):
+    """What `target(*args, queue)` puts on its queue, run in a fresh process (an engine per measurement)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=run_engine, args=(str(model), dtype, stock, prompts, queue))
+    proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
     result = queue.get(timeout=900)
     proc.join(timeout=60)
@@ -138,7 +146,7 @@ def main() -> None:
             runs = {False: [], True: []}
             for _ in range(args.repeats):
                 for stock_engine in (False, True):
-                    runs[stock_engine].append(measure(path, dtype, stock_engine, prompts))
+                    runs[stock_engine].append(in_own_process(run_engine, str(path), dtype, stock_engine, prompts))
             patched, stock = median_result(runs[False]), median_result(runs[True])
             for batch in patched:
                 row = {"model": name, "dtype": dtype, "batch": batch, "patched": patched[batch], "stock": stock[batch]}

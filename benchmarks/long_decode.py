@@ -1,6 +1,6 @@
 """Batch-1 decode speed, patched vs stock vLLM: a direct check of engine_overhead.py's decode column.
 
-    python benchmarks/long_decode.py --model models/ml-latest-small-hat --dtype bfloat16 --repeats 2
+    python -m benchmarks.long_decode --model models/ml-latest-small-hat --dtype bfloat16 --repeats 2
 
 engine_overhead.py derives decode throughput from a 64-token generation minus a separately timed
 prefill, which is noisy at batch 1; here one request generates 400 tokens after a 240-token prompt, so
@@ -10,19 +10,19 @@ the prefill is a few percent of the time. Engines alternate, each in its own pro
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import time
+
+from benchmarks.engine_overhead import in_own_process, start_llm
 
 TOKENS = 400
 
 
 def run(model: str, dtype: str, stock: bool, queue) -> None:
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    llm = LLM(model=model, dtype=dtype, max_model_len=1024, block_size=32, enable_prefix_caching=False, seed=0,
-              hf_overrides={"architectures": ["LlamaForCausalLM"]} if stock else None)
+    llm = start_llm(model, dtype, stock)
     prompt = {"prompt_token_ids": list(range(10, 250))}
     params = SamplingParams(max_tokens=TOKENS, temperature=0, ignore_eos=True)
     llm.generate([prompt], params, use_tqdm=False)  # warm-up
@@ -39,15 +39,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    ctx = mp.get_context("spawn")
     speeds = {"patched": [], "stock": []}
     for _ in range(args.repeats):
         for name in speeds:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=run, args=(args.model, args.dtype, name == "stock", queue))
-            proc.start()
-            speeds[name].append(queue.get(timeout=600))
-            proc.join(timeout=60)
+            speeds[name].append(in_own_process(run, args.model, args.dtype, name == "stock"))
     patched, stock = statistics.median(speeds["patched"]), statistics.median(speeds["stock"])
     print(f"{args.model} {args.dtype}: decode tok/s patched {patched:.1f} / stock {stock:.1f} "
           f"(runs {speeds}), overhead {stock / patched - 1:+.0%}")

@@ -46,7 +46,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    labels = [",".join(t[0] if t != "OR" else "O" for t in r["schedule"]) + f" s{r['seed']}" for r in rows]
+    labels = [",".join(t[0] for t in r["schedule"]) + f" s{r['seed']}" for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.bar(labels, [r["valid_loss"] for r in rows])
     ax1.set(ylabel="validation loss (nats per title token)", title="teacher-forced target item")

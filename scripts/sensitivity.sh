@@ -11,19 +11,20 @@ py=.venv/bin/python runs=runs/$name out=docs/results/$name/sensitivity
 mkdir -p "$runs" "$out"
 slug() { echo "$1" | tr ':,' '-_'; }
 # Two single-threaded jobs at a time use 2 cores better than one two-threaded job at this model size.
-run_pairs() {  # run_pairs COMMAND_PREFIX SCHEDULE...: "$@" two at a time
+run_pairs() {  # run_pairs train|evaluate SCHEDULE...: that step for the schedules, two at a time
   local kind=$1; shift
   while [ $# -gt 0 ]; do
     pids=()
     for schedule in "${@:1:2}"; do
-      dir="$runs/$(slug "$schedule")-s$seed"
+      tag="$(slug "$schedule")-s$seed"
+      dir="$runs/$tag"
       if [ "$kind" = train ] && [ ! -f "$dir/config.json" ]; then
         $py -m hatllm.train --data "$data" --out "$dir" --schedule "$schedule" --epochs "$epochs" --seed "$seed" \
           --threads 1 > "$dir.train.log" 2>&1 &
         pids+=($!)
-      elif [ "$kind" = evaluate ] && [ ! -f "$out/$(slug "$schedule")-s$seed.json" ]; then
+      elif [ "$kind" = evaluate ] && [ ! -f "$out/$tag.json" ]; then
         $py -m hatllm.evaluate --data "$data" --method llm --model "$dir" --name "$schedule seed $seed" \
-          --out "$out/$(slug "$schedule")-s$seed.json" > "$dir.evaluate.log" 2>&1 &
+          --out "$out/$tag.json" > "$dir.evaluate.log" 2>&1 &
         pids+=($!)
       fi
     done

@@ -9,10 +9,7 @@
 #include <torch/extension.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
-#include <limits>
-#include <type_traits>
 #include <vector>
 
 namespace {
