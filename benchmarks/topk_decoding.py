@@ -31,6 +31,8 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
 
+from model_patch.kv_tail import DEFAULT_MAX_TAILS  # noqa: E402
+
 DEFAULT_MODEL = "models/ml-latest-small-hat"
 DEFAULT_DATA = "data/ml-latest-small"
 K = 10
@@ -69,7 +71,7 @@ async def run_async(method: str, args, prompts, trie, builder) -> dict:
 
     from hatllm.engine_topk import EngineTopK, engine_args, start_engine
 
-    engine = start_engine(engine_args(args.model, dtype=args.dtype, block_size=args.block_size,
+    engine = start_engine(engine_args(args.model, kv_tails=args.kv_tails, dtype=args.dtype, block_size=args.block_size,
                                       distributed_executor_backend=args.executor, **ENGINE_KWARGS))
     topk = EngineTopK(engine)
     view = trie.view()
@@ -242,6 +244,8 @@ def main() -> None:
     p.add_argument("--block-size", type=int, default=16, help="KV block size of the vLLM engines (tokens)")
     p.add_argument("--executor", choices=["uni", "mp"], default="uni",
                    help="(a) and (d): model worker inside the engine-core process (uni, as served) or its own (mp)")
+    p.add_argument("--kv-tails", type=int, default=DEFAULT_MAX_TAILS,
+                   help="partial last KV blocks kept for beams (model_patch.kv_tail) by engine and floor; 0: off")
     p.add_argument("--out", default="docs/results/topk_decoding")
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

@@ -8,8 +8,9 @@ exactly as the reference search does.
 
 Why this is fast on vLLM 0.32 although each beam step is a new request:
 - the tokens the trie forces cost no request at all (`TrieBeamSearch` appends them);
-- automatic prefix caching keeps the prompt (and every beam's earlier tokens) prefilled: a beam request
-  recomputes only its last, partial KV block (< block_size tokens) plus its new token;
+- automatic prefix caching keeps the prompt (and every beam's earlier tokens) prefilled in full KV blocks,
+  and the tail store (`model_patch.kv_tail`, a vLLM KV connector) keeps each request's partial last
+  block: a beam request computes only its new tokens;
 - all beams of a round, and the rounds of all concurrent searches, are submitted together, so the engine
   batches them into the same steps;
 - a request carries only what the sampler needs (no detokenization, final output only).
@@ -26,6 +27,8 @@ from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.sampling_params import RequestOutputKind
 
+from model_patch.kv_tail import DEFAULT_MAX_TAILS, kv_tail_transfer_config
+
 from .beam_search import Beam, SearchResult, TrieBeamSearch
 from .trie import TrieView
 
@@ -39,11 +42,17 @@ REQUIRED_ENGINE_ARGS = dict(
 )
 
 
-def engine_args(model: str, **overrides: Any) -> AsyncEngineArgs:
-    """Engine arguments for top-K serving of `model` (any HatLLM or plain checkpoint vLLM can load)."""
+def engine_args(model: str, kv_tails: int = DEFAULT_MAX_TAILS, **overrides: Any) -> AsyncEngineArgs:
+    """Engine arguments for top-K serving of `model` (any HatLLM or plain checkpoint vLLM can load).
+
+    `kv_tails` > 0 keeps that many prompts' partial last KV blocks for the beams that extend them
+    (`model_patch.kv_tail`); 0 leaves vLLM's full-block prefix caching alone.
+    """
     conflicts = {k: v for k, v in overrides.items() if k in REQUIRED_ENGINE_ARGS and v != REQUIRED_ENGINE_ARGS[k]}
     if conflicts:
         raise ValueError(f"constrained top-K needs the engine settings {REQUIRED_ENGINE_ARGS}, got {conflicts}")
+    if kv_tails:
+        overrides["kv_transfer_config"] = kv_tail_transfer_config(kv_tails)
     return AsyncEngineArgs(model=model, **{**overrides, **REQUIRED_ENGINE_ARGS})
 
 

@@ -2,7 +2,8 @@
 
 Loaded by vLLM itself in every process through the ``vllm.general_plugins`` entry point (see
 pyproject.toml); it registers ``Hat<Base>`` architectures with vLLM's ModelRegistry, and vLLM's CPU attention backend with
-16-token KV blocks allowed (``cpu_attention.HatCPUAttentionBackend``). See README.md.
+16-token KV blocks allowed (``cpu_attention.HatCPUAttentionBackend``), and the ``HatKVTailConnector`` that
+extends prefix caching to partial last blocks (``kv_tail``). See README.md.
 """
 
 # Base architectures a HatLLM checkpoint may be fine-tuned from: vLLM module and class of each.
@@ -17,6 +18,7 @@ BASE_MODELS = {
 def register() -> None:
     """Entry point: idempotent, cheap (classes are imported lazily by vLLM)."""
     from vllm import ModelRegistry
+    from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     from hatllm.modeling import hat_architecture
@@ -24,3 +26,7 @@ def register() -> None:
     for base in BASE_MODELS:
         ModelRegistry.register_model(hat_architecture(base), f"model_patch.hat_models:{hat_architecture(base)}")
     register_backend(AttentionBackendEnum.CPU_ATTN, "model_patch.cpu_attention.HatCPUAttentionBackend")
+    try:
+        KVConnectorFactory.register_connector("HatKVTailConnector", "model_patch.kv_tail", "KVTailConnector")
+    except ValueError:  # registered already: the factory refuses a second registration
+        pass

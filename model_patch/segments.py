@@ -41,6 +41,13 @@ class SegmentTracker:
             self.carry = torch.full((num_slots,), NO_OPEN_ITEM, dtype=torch.int32, device=device)
             self.first = torch.full((num_slots,), NO_FIRST_ITEM, dtype=torch.int32, device=device)
 
+    def slot_state(self, slots: torch.Tensor) -> torch.Tensor:
+        """The state recorded at `slots`, [len(slots), 2] (carry, first item): moved with their KV entries."""
+        return torch.stack((self.carry[slots], self.first[slots]), dim=1)
+
+    def set_slot_state(self, slots: torch.Tensor, state: torch.Tensor) -> None:
+        self.carry[slots], self.first[slots] = state[:, 0], state[:, 1]
+
     def update(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, block_size: int, num_slots: int) -> StepSegments:
         """Compute this step's segments and record every new token's state at its slot."""
         self._ensure_capacity(num_slots, input_ids.device)

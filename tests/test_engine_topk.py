@@ -98,3 +98,35 @@ def test_worker_runs_inside_the_engine_core(engine_search):
     _, topk = engine_search
     assert topk.engine.vllm_config.parallel_config.distributed_executor_backend == "uni"
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
+
+
+def test_beam_request_reuses_the_prompts_partial_block(engine_search, hat_checkpoint, builder):
+    # The prompt's last, partial KV block comes from the tail store (model_patch.kv_tail): the beam request
+    # computes only its own tokens, with the logprobs of a full forward; a tail whose tokens differ is not used.
+    import torch
+
+    from hatllm.modeling import forward, logits
+
+    run, topk = engine_search
+    prompt = next(p for p in (builder.prompt([TITLES[h] for h in hs]) for hs in (["1", "2"], ["3", "1", "2"], ["8"]))
+                  if len(p) % 16 > 1)
+    aligned = len(prompt) - len(prompt) % 16
+    beam = list(builder.title_tokens(TITLES["5"]))[:2]  # the prompt ends with an item opening
+    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=5, detokenize=False)
+
+    async def generate(tokens, request_id):
+        async for output in topk.engine.generate({"prompt_token_ids": tokens}, params, request_id):
+            final = output
+        return final
+
+    run(generate(prompt, "tail-parent"))
+    child = run(generate(prompt + beam, "tail-child"))
+    assert child.num_cached_tokens == len(prompt)
+    with torch.no_grad():
+        model = load_model(hat_checkpoint)
+        ref = logits(model, forward(model, torch.tensor([prompt + beam])).hidden[:, -1]).log_softmax(-1)[0]
+    for token, logprob in child.outputs[0].logprobs[0].items():
+        assert logprob.logprob == pytest.approx(ref[token].item(), abs=TOL)
+
+    other = prompt[:-1] + [builder.title_tokens(TITLES["6"])[0]]
+    assert run(generate(other + beam, "tail-mismatch")).num_cached_tokens == aligned
