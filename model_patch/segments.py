@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from hatllm.masks import NO_OPEN_ITEM, carry_after, packed_item_starts
+from hatllm.masks import NO_OPEN_ITEM
+
+from .kernels import hat_attention_ops
 
 NO_FIRST_ITEM = torch.iinfo(torch.int32).max  # no item yet: every key of the prefix is visible in IN
 
@@ -49,29 +51,17 @@ class SegmentTracker:
         self.carry[slots], self.first[slots] = state[:, 0], state[:, 1]
 
     def update(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, block_size: int, num_slots: int) -> StepSegments:
-        """Compute this step's segments and record every new token's state at its slot."""
+        """Compute this step's segments and record every new token's state at its slot.
+
+        One C++ pass (``hat_segments``, the sequential form of ``hatllm.masks.packed_item_starts`` and
+        ``carry_after``): the same rules as a few dozen small torch ops, without their per-op cost on
+        every decode step.
+        """
         self._ensure_capacity(num_slots, input_ids.device)
         n = meta.num_actual_tokens
-        ids, pos, slots = input_ids[:n], positions[:n].long(), meta.slot_mapping[:n].long()
-        bounds = meta.query_start_loc.long()
-        counts = bounds[1:] - bounds[:-1]
-        num_reqs = len(counts)
-        seq = torch.repeat_interleave(torch.arange(num_reqs), counts)
-        # State left by each request's previous token (none for a request starting at position 0).
-        first_pos = pos[bounds[:-1].clamp(max=max(n - 1, 0))]
-        prev = (first_pos - 1).clamp(min=0)
-        prev_slot = meta.block_table[:num_reqs].long().gather(1, (prev // block_size)[:, None])[:, 0] * block_size
-        prev_slot += prev % block_size
-        has_prev = (first_pos > 0) & (counts > 0)
-        carry = torch.where(has_prev, self.carry[prev_slot].long(), NO_OPEN_ITEM)
-        first_prev = torch.where(has_prev, self.first[prev_slot].long(), NO_FIRST_ITEM)
-
-        starts = packed_item_starts(ids, pos, bounds, self.open_id, self.close_id, carry)
-        opens = torch.where(ids == self.open_id, pos, NO_FIRST_ITEM)
-        first_open = torch.full((num_reqs,), NO_FIRST_ITEM, dtype=torch.long).scatter_reduce(0, seq, opens, "amin")
-        first_item = torch.minimum(first_prev, first_open)[seq]
-
-        self.carry[slots] = carry_after(starts, ids, pos, self.close_id).int()
-        self.first[slots] = torch.where(pos >= first_item, first_item, NO_FIRST_ITEM).int()
+        pos = positions[:n].long()
+        starts, first_item = hat_attention_ops().hat_segments(
+            input_ids[:n].long(), pos, meta.slot_mapping[:n].long(), meta.query_start_loc.int(), meta.block_table.int(),
+            block_size, self.open_id, self.close_id, self.carry, self.first, NO_OPEN_ITEM, NO_FIRST_ITEM)
         self.step = StepSegments(pos, starts, first_item)
         return self.step

@@ -58,3 +58,47 @@ def test_cache_update_writes_rows_of_real_slots(dtype):
     expected = torch.zeros_like(rows)
     expected[slot_mapping[:4], :, :head], expected[slot_mapping[:4], :, head:] = key[:4], value[:4]
     assert torch.equal(rows, expected)
+
+
+def test_segment_tracker_equals_reference_item_starts():
+    # Requests fed to the tracker (C++ hat_segments) in chunks over several steps, as vLLM schedules them
+    # (prefill chunks, decodes, stray closes, items open across steps), against hatllm.masks.item_starts on
+    # each whole sequence; P is the first item position seen up to the end of the step.
+    from types import SimpleNamespace
+
+    from hatllm.masks import item_starts
+    from model_patch.segments import NO_FIRST_ITEM, SegmentTracker
+
+    open_id, close_id, block_size, blocks_per_req = 3, 4, 16, 8
+    gen = torch.Generator().manual_seed(0)
+    seqs = []
+    for _ in range(5):
+        ids = torch.randint(5, 50, (100,), generator=gen)
+        marks = torch.rand(100, generator=gen)
+        ids[marks < 0.12] = open_id
+        ids[(marks >= 0.12) & (marks < 0.22)] = close_id
+        seqs.append(ids)
+    seqs[0][:30] = 7  # a long prefix with no item
+    table = torch.arange(5 * blocks_per_req, dtype=torch.int32).flip(0).reshape(5, blocks_per_req)  # scattered blocks
+    tracker, done = SegmentTracker(open_id, close_id), [0] * 5
+    chunks = [iter(sizes) for sizes in ([37, 1, 1, 20, 41], [1] * 100, [50, 50], [3, 97], [100])]
+    while any(d < 100 for d in done):
+        ids, pos, slots, bounds, expected_starts, expected_first = [], [], [], [0], [], []
+        for r in range(5):
+            if done[r] >= 100:
+                bounds.append(bounds[-1])
+                continue
+            size = next(chunks[r])
+            a, b = done[r], done[r] + size
+            p = torch.arange(a, b)
+            ids.append(seqs[r][a:b]), pos.append(p), bounds.append(bounds[-1] + size)
+            slots.append(table[r].long()[p // block_size] * block_size + p % block_size)
+            expected_starts.append(item_starts(seqs[r], open_id, close_id)[a:b])
+            opens = (seqs[r][:b] == open_id).nonzero()
+            expected_first.append(torch.full((size,), int(opens[0]) if len(opens) else NO_FIRST_ITEM))
+            done[r] = b
+        meta = SimpleNamespace(num_actual_tokens=int(bounds[-1]), slot_mapping=torch.cat(slots),
+                               query_start_loc=torch.tensor(bounds, dtype=torch.int32), block_table=table)
+        step = tracker.update(torch.cat(ids), torch.cat(pos), meta, block_size, table.numel() * block_size)
+        assert step.starts.tolist() == torch.cat(expected_starts).tolist()
+        assert step.first_item.tolist() == torch.cat(expected_first).tolist()

@@ -296,7 +296,56 @@ void hat_cache_update(torch::Tensor key, torch::Tensor value, torch::Tensor rows
   });
 }
 
+// Item segments of one engine step, the sequential form of hatllm.masks.packed_item_starts / carry_after
+// (tests/test_segments.py checks they agree): per request, the state of its previous token is read at that
+// token's slot (carry: start of the item still open, first: P), each new token gets its item start (an
+// item-open token starts an item, a close token still belongs to it, tokens outside items get pos + 1)
+// and P (the request's first item position, the same for all its tokens of the step), and the state after
+// each token is written at its slot. ids, positions, slots [N] int64; query_start_loc [R + 1] int32;
+// block_table [R, B] int32; carry, first [num_slots] int32. Returns item starts and P, [N] int64 each.
+std::vector<torch::Tensor> hat_segments(torch::Tensor ids, torch::Tensor positions, torch::Tensor slots,
+                                        torch::Tensor query_start_loc, torch::Tensor block_table, int64_t block_size,
+                                        int64_t open_id, int64_t close_id, torch::Tensor carry, torch::Tensor first,
+                                        int64_t no_open, int64_t no_first) {
+  const int64_t n = ids.size(0), num_reqs = query_start_loc.size(0) - 1;
+  auto starts = torch::empty({n}, ids.options());
+  auto first_item = torch::empty({n}, ids.options());
+  auto id = ids.accessor<int64_t, 1>();
+  auto pos = positions.accessor<int64_t, 1>();
+  auto slot = slots.accessor<int64_t, 1>();
+  auto qsl = query_start_loc.accessor<int32_t, 1>();
+  auto table = block_table.accessor<int32_t, 2>();
+  auto start_out = starts.accessor<int64_t, 1>();
+  auto first_out = first_item.accessor<int64_t, 1>();
+  int32_t* carry_at = carry.data_ptr<int32_t>();
+  int32_t* first_at = first.data_ptr<int32_t>();
+  for (int64_t r = 0; r < num_reqs; ++r) {
+    const int64_t b0 = qsl[r], b1 = std::min<int64_t>(qsl[r + 1], n);
+    if (b1 <= b0) continue;
+    int64_t open = no_open, p = no_first;
+    if (pos[b0] > 0) {
+      const int64_t prev = pos[b0] - 1;
+      const int64_t prev_slot = int64_t(table[r][prev / block_size]) * block_size + prev % block_size;
+      open = carry_at[prev_slot];
+      p = first_at[prev_slot];
+    }
+    for (int64_t t = b0; t < b1; ++t)
+      if (id[t] == open_id) p = std::min(p, pos[t]);
+    for (int64_t t = b0; t < b1; ++t) {
+      if (id[t] == open_id) open = pos[t];
+      start_out[t] = open != no_open ? open : pos[t] + 1;
+      first_out[t] = p;
+      if (id[t] == close_id) open = no_open;
+      if (slot[t] < 0) continue;
+      carry_at[slot[t]] = int32_t(open);
+      first_at[slot[t]] = int32_t(pos[t] >= p ? p : no_first);
+    }
+  }
+  return {starts, first_item};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("hat_segments", &hat_segments, "item starts and P of a step's tokens; records each token's state at its slot");
   m.def("hat_attention", &hat_attention, "HatLLM IN/CR paged attention");
   m.def("hat_cache_update", &hat_cache_update, "write keys and values into slot-major cache rows");
 }
