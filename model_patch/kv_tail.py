@@ -47,7 +47,8 @@ DEFAULT_MAX_TAILS = 1024
 
 def kv_tail_transfer_config(max_tails: int = DEFAULT_MAX_TAILS) -> KVTransferConfig:
     """The engine's ``kv_transfer_config`` that turns the tail store on (``--kv-transfer-config`` takes it as JSON)."""
-    return KVTransferConfig(kv_connector=CONNECTOR_NAME, kv_role="kv_both", kv_connector_extra_config={"max_tails": max_tails})
+    return KVTransferConfig(kv_connector=CONNECTOR_NAME, kv_role="kv_both",
+                            kv_connector_extra_config={"max_tails": max_tails})
 
 
 @dataclass
@@ -113,7 +114,10 @@ class KVTailConnector(KVConnectorBase_V1):
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
         for req_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
             request = self._requests.get(req_id)
-            if request is not None and request.num_computed_tokens < request.num_prompt_tokens <= request.num_computed_tokens + num_tokens:
+            if request is None:
+                continue
+            done = request.num_computed_tokens
+            if done < request.num_prompt_tokens <= done + num_tokens:  # the prompt's prefill ends this step
                 self._save_tail(request)
         meta, self._meta = self._meta, KVTailMetadata()
         return meta
@@ -157,7 +161,8 @@ class KVTailConnector(KVConnectorBase_V1):
                         if isinstance(layer.impl, HatCPUAttentionImpl)}
             self._trackers = list(trackers.values())
             if self._trackers:
-                self._tracker_store = torch.empty((len(self._trackers), self.max_tails, self.block_size, 2), dtype=torch.int32)
+                shape = (len(self._trackers), self.max_tails, self.block_size, 2)
+                self._tracker_store = torch.empty(shape, dtype=torch.int32)
         return self._trackers
 
     def _block_slots(self, block_ids: list[int]) -> torch.Tensor:

@@ -50,7 +50,8 @@ class SegmentTracker:
     def set_slot_state(self, slots: torch.Tensor, state: torch.Tensor) -> None:
         self.carry[slots], self.first[slots] = state[:, 0], state[:, 1]
 
-    def update(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, block_size: int, num_slots: int) -> StepSegments:
+    def update(self, input_ids: torch.Tensor, positions: torch.Tensor, meta, block_size: int,
+               num_slots: int) -> StepSegments:
         """Compute this step's segments and record every new token's state at its slot.
 
         One C++ pass (``hat_segments``, the sequential form of ``hatllm.masks.packed_item_starts`` and

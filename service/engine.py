@@ -34,7 +34,8 @@ class Engine:
         from hatllm.engine_topk import EngineTopK, engine_args, start_engine
 
         s = self.settings
-        args = engine_args(s.model_path, kv_tails=s.kv_tails, dtype=s.dtype, max_model_len=s.max_model_len, max_num_seqs=s.max_num_seqs,
+        args = engine_args(s.model_path, kv_tails=s.kv_tails, dtype=s.dtype, max_model_len=s.max_model_len,
+                           max_num_seqs=s.max_num_seqs,
                            max_num_batched_tokens=s.max_num_batched_tokens, enforce_eager=s.enforce_eager,
                            block_size=s.kv_block_size, disable_log_stats=not s.engine_log_stats,
                            distributed_executor_backend="uni" if s.engine_worker_in_process else None)

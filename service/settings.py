@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     # Engine (vLLM)
     dtype: str = Field("float32", description="engine dtype (float32, bfloat16, auto)")
     kv_cache_gib: int = Field(2, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
-    kv_block_size: int = Field(16, ge=1, description="KV-cache block in tokens (16: the smallest vLLM's CPU kernels take)")
+    kv_block_size: int = Field(16, ge=1,
+                               description="KV-cache block in tokens (16: the smallest vLLM's CPU kernels take)")
     kv_tails: int = Field(1024, ge=0, description="prompts' partial last KV blocks kept so that beam requests extending "
                                                 "them skip recomputing it (model_patch.kv_tail); 0: off")
     max_model_len: int = Field(2048, description="longest prompt + title, in tokens")

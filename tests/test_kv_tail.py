@@ -17,10 +17,12 @@ BLOCK = 4
 
 
 def connector(max_tails: int) -> KVTailConnector:
-    config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK), kv_transfer_config=kv_tail_transfer_config(max_tails))
+    config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK),
+                             kv_transfer_config=kv_tail_transfer_config(max_tails))
     tails = KVTailConnector(config, KVConnectorRole.SCHEDULER)
     tails.blocks = {}
-    tails.bind_kv_cache_manager(SimpleNamespace(get_block_ids=lambda request_id: (tails.blocks[request_id],), block_pool=None))
+    manager = SimpleNamespace(get_block_ids=lambda request_id: (tails.blocks[request_id],), block_pool=None)
+    tails.bind_kv_cache_manager(manager)
     return tails
 
 
@@ -29,15 +31,16 @@ def request(request_id: str, tokens: list[int], computed: int = 0) -> SimpleName
     for end in range(BLOCK, len(tokens) + 1, BLOCK):  # chained like vLLM's block hashes
         parent = hash((parent, tuple(tokens[end - BLOCK:end])))
         hashes.append(parent)
-    return SimpleNamespace(request_id=request_id, all_token_ids=tokens, num_tokens=len(tokens), num_prompt_tokens=len(tokens),
-                           num_computed_tokens=computed, block_hashes=hashes)
+    return SimpleNamespace(request_id=request_id, all_token_ids=tokens, num_tokens=len(tokens),
+                           num_prompt_tokens=len(tokens), num_computed_tokens=computed, block_hashes=hashes)
 
 
 def prefill(tails: KVTailConnector, req, block_ids: list[int]):
     """The step that computes `req`'s whole prompt: its connector metadata."""
     tails.blocks[req.request_id] = block_ids
     tails.on_new_request(req)
-    return tails.build_connector_meta(SimpleNamespace(num_scheduled_tokens={req.request_id: req.num_tokens - req.num_computed_tokens}))
+    step = SimpleNamespace(num_scheduled_tokens={req.request_id: req.num_tokens - req.num_computed_tokens})
+    return tails.build_connector_meta(step)
 
 
 PROMPT = list(range(100, 110))  # two full blocks and a 2-token tail
