@@ -335,6 +335,8 @@ def test_metrics_exposed(client):
     assert samples['hatrec_dependency_up{dependency="redis"}'] == 1
     assert "hatrec_http_requests_in_flight" in samples and "hatrec_recommend_queue_depth" in samples
     assert any(name.startswith("vllm:") for name in samples)  # the engine's own metrics
+    # Beams reused their prompt's partial last block from the tail store (model_patch.kv_tail).
+    assert sum(v for name, v in samples.items() if name.startswith("vllm:external_prefix_cache_hits_total")) > 0
     assert not any("alice" in name for name in samples)  # no user ids in labels
 
 def test_fuzzed_requests_never_get_500(client):
