@@ -56,7 +56,7 @@ class KVTailMetadata(KVConnectorMetadata):
     """One step's copies: tails into requests' new blocks (before the forward), blocks into the store (after)."""
 
     loads: list[tuple[int, int]] = field(default_factory=list)  # (store index, block id)
-    saves: list[tuple[int, int]] = field(default_factory=list)  # (block id, store index)
+    saves: list[tuple[int, int]] = field(default_factory=list)  # (store index, block id)
 
 
 class KVTailConnector(KVConnectorBase_V1):
@@ -134,7 +134,7 @@ class KVTailConnector(KVConnectorBase_V1):
         index = len(self._index) if len(self._index) < self.max_tails else self._index.popitem(last=False)[1]
         self._index[key] = index
         block_id = self._kv_cache_manager.get_block_ids(request.request_id)[0][aligned // self.block_size]
-        self._meta.saves.append((block_id, index))
+        self._meta.saves.append((index, block_id))
 
     def request_finished(self, request: Request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         self._requests.pop(request.request_id, None)
@@ -165,33 +165,30 @@ class KVTailConnector(KVConnectorBase_V1):
                 self._tracker_store = torch.empty(shape, dtype=torch.int32)
         return self._trackers
 
-    def _block_slots(self, block_ids: list[int]) -> torch.Tensor:
-        blocks = torch.tensor(block_ids, dtype=torch.long)
-        return (blocks[:, None] * self.block_size + torch.arange(self.block_size)).reshape(-1)
-
     def start_load_kv(self, forward_context, **kwargs: Any) -> None:
-        meta = self._get_connector_metadata()
-        if not meta.loads:
-            return
-        indexes = torch.tensor([i for i, _ in meta.loads], dtype=torch.long)
-        blocks = torch.tensor([b for _, b in meta.loads], dtype=torch.long)
-        for name, kv in self._layers.items():
-            kv.index_copy_(0, blocks, self._store[name].index_select(0, indexes))
-        slots = self._block_slots(blocks.tolist())
-        for t, tracker in enumerate(self._hat_trackers()):
-            tracker.set_slot_state(slots, self._tracker_store[t].index_select(0, indexes).reshape(-1, 2))
+        self._copy(self._get_connector_metadata().loads, into_cache=True)
 
     def wait_for_save(self) -> None:
-        meta = self._get_connector_metadata()
-        if not meta.saves:
+        self._copy(self._get_connector_metadata().saves, into_cache=False)
+
+    def _copy(self, pairs: list[tuple[int, int]], into_cache: bool) -> None:
+        """Whole blocks between the store and the cache, every layer, with their slots' HatLLM item state."""
+        if not pairs:
             return
-        blocks = torch.tensor([b for b, _ in meta.saves], dtype=torch.long)
-        indexes = torch.tensor([i for _, i in meta.saves], dtype=torch.long)
+        indexes = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+        blocks = torch.tensor([b for _, b in pairs], dtype=torch.long)
+        slots = (blocks[:, None] * self.block_size + torch.arange(self.block_size)).reshape(-1)
         for name, kv in self._layers.items():
-            self._store[name].index_copy_(0, indexes, kv.index_select(0, blocks))
-        slots = self._block_slots(blocks.tolist())
+            if into_cache:
+                kv.index_copy_(0, blocks, self._store[name].index_select(0, indexes))
+            else:
+                self._store[name].index_copy_(0, indexes, kv.index_select(0, blocks))
         for t, tracker in enumerate(self._hat_trackers()):
-            self._tracker_store[t].index_copy_(0, indexes, tracker.slot_state(slots).reshape(-1, self.block_size, 2))
+            if into_cache:
+                tracker.set_slot_state(slots, self._tracker_store[t].index_select(0, indexes).reshape(-1, 2))
+            else:
+                state = tracker.slot_state(slots).reshape(-1, self.block_size, 2)
+                self._tracker_store[t].index_copy_(0, indexes, state)
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         pass  # loads are synchronous, done before the forward

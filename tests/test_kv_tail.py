@@ -49,14 +49,14 @@ PROMPT = list(range(100, 110))  # two full blocks and a 2-token tail
 def test_prompt_tail_is_saved_and_loaded_into_the_child_block():
     tails = connector(8)
     meta = prefill(tails, request("parent", PROMPT), [7, 8, 9])
-    assert meta.saves == [(9, 0)] and meta.loads == []
+    assert meta.saves == [(0, 9)] and meta.loads == []
 
     child = request("child", PROMPT + [5])
     assert tails.get_num_new_matched_tokens(child, 8) == (2, False)
     tails.update_state_after_alloc(child, SimpleNamespace(get_block_ids=lambda: ([7, 8, 11],)), 2)
     meta = prefill(tails, child, [7, 8, 11])
     assert meta.loads == [(0, 11)]
-    assert meta.saves == [(11, 1)]  # the child's own tail (3 tokens), for its children
+    assert meta.saves == [(1, 11)]  # the child's own tail (3 tokens), for its children
 
 
 def test_no_hit_unless_the_tail_tokens_and_the_cached_blocks_match():
@@ -80,7 +80,7 @@ def test_least_recently_used_tail_is_evicted():
         prefill(tails, request(f"p{i}", PROMPT[:-1] + [i]), [1, 2, 10 + i])
     assert tails.get_num_new_matched_tokens(request("c0", PROMPT[:-1] + [0, 5]), 8) == (2, False)  # p0 now most recent
     meta = prefill(tails, request("p2", PROMPT[:-1] + [2]), [1, 2, 12])
-    assert meta.saves == [(12, 1)]  # p1's index reused
+    assert meta.saves == [(1, 12)]  # p1's index reused
     assert tails.get_num_new_matched_tokens(request("c1", PROMPT[:-1] + [1, 5]), 8) == (0, False)
     assert tails.get_num_new_matched_tokens(request("c0", PROMPT[:-1] + [0, 5]), 8) == (2, False)
 
