@@ -1,4 +1,4 @@
-"""Layer-split sensitivity table: evaluation JSONs of models that differ only in their IN/OR/CR schedule.
+"""Sensitivity table: evaluation JSONs of models that differ in their IN/OR/CR schedule, seed or size.
 
     python -m hatllm.sensitivity docs/results/ml-latest-small/sensitivity docs/results/ml-latest-small/hatllm.json
 
@@ -28,25 +28,27 @@ def load_rows(paths: list[Path]) -> list[dict]:
         result = json.loads(f.read_text())
         training = json.loads((Path(result["model"]) / "training.json").read_text())
         schedule = training["schedule"]
-        rows.append(dict(result, schedule=schedule, seed=training["args"]["seed"], steps=training["steps"],
+        rows.append(dict(result, schedule=schedule, seed=training["args"]["seed"], size=training["args"]["size"],
+                         steps=training["steps"],
                          valid_loss=training["final_valid_loss"],
                          counts={t: schedule.count(t) for t in ("IN", "OR", "CR")}))
-    return sorted(rows, key=lambda r: (r["counts"]["IN"] + r["counts"]["CR"], r["counts"]["IN"], r["seed"]))
+    return sorted(rows, key=lambda r: (r["size"], r["counts"]["IN"] + r["counts"]["CR"], r["counts"]["IN"], r["seed"]))
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| schedule | IN | OR | CR | seed | steps | valid loss | " + " | ".join(METRICS) + " | hits@10 |",
-             "|---" * (8 + len(METRICS)) + "|"]
+    lines = ["| size | schedule | IN | OR | CR | seed | steps | valid loss | " + " | ".join(METRICS) + " | hits@10 |",
+             "|---" * (9 + len(METRICS)) + "|"]
     for r in rows:
         c = r["counts"]
-        lines.append(f"| {','.join(r['schedule'])} | {c['IN']} | {c['OR']} | {c['CR']} | {r['seed']} | {r['steps']} | "
+        lines.append(f"| {r['size']} | {','.join(r['schedule'])} | {c['IN']} | {c['OR']} | {c['CR']} | {r['seed']} | "
+                     f"{r['steps']} | "
                      f"{r['valid_loss']:.3f} | " + " | ".join(f"{r[m]:.4f}" for m in METRICS)
                      + f" | {round(r['HR@10'] * r['users'])}/{r['users']} |")
     return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    labels = [",".join(t[0] for t in r["schedule"]) + f" s{r['seed']}" for r in rows]
+    labels = [f"{r['size']} " + ",".join(t[0] for t in r["schedule"]) + f" s{r['seed']}" for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.bar(labels, [r["valid_loss"] for r in rows])
     ax1.set(ylabel="validation loss (nats per title token)", title="teacher-forced target item")

@@ -63,6 +63,6 @@ def test_sensitivity_table_reads_schedule_and_loss_from_the_checkpoint(trained, 
                    "--out", str(tmp_path / "hat.json")])
     table = sensitivity.main([str(tmp_path)])
     loss = json.loads((trained / "training.json").read_text())["final_valid_loss"]
-    assert "| IN,OR,CR | 1 | 1 | 1 | 0 |" in table and f"| {loss:.3f} |" in table
+    assert "| IN,OR,CR | 1 | 1 | 1 | 0 |" in table and "| tiny |" in table and f"| {loss:.3f} |" in table
     assert (tmp_path / "table.md").read_text().strip() == table
     assert (tmp_path / "sensitivity.png").stat().st_size > 0
