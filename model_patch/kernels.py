@@ -1,4 +1,5 @@
-"""The C++ IN/CR attention kernel (csrc/hat_attention.cpp), compiled on first use and cached.
+"""The plugin's C++ ops (csrc/hat_attention.cpp: IN/CR attention, cache writes, segment tracking),
+compiled on first use and cached.
 
 torch's JIT extension build compiles it once per machine (about a minute) into TORCH_EXTENSIONS_DIR
 (default ~/.cache/torch_extensions); later engine starts load the cached library.
