@@ -63,6 +63,9 @@ class KVTailConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config, role: KVConnectorRole, kv_cache_config=None):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
         self.block_size = vllm_config.cache_config.block_size
+        # Prefix-cache hashes may be finer than blocks (`prefix_match_unit`): the key takes the one ending
+        # exactly at the block boundary.
+        self.hash_unit = getattr(kv_cache_config, "hash_block_size", None) or self.block_size
         self.max_tails = int(self._kv_transfer_config.get_from_extra_config("max_tails", DEFAULT_MAX_TAILS))
         if self.max_tails < 1:
             raise ValueError(f"{CONNECTOR_NAME}: max_tails must be >= 1, got {self.max_tails}")
@@ -84,7 +87,10 @@ class KVTailConnector(KVConnectorBase_V1):
     # ---- scheduler side ----
 
     def _key(self, request: Request, aligned: int, end: int) -> tuple:
-        return request.block_hashes[aligned // self.block_size - 1], tuple(request.all_token_ids[aligned:end])
+        return request.block_hashes[aligned // self.hash_unit - 1], tuple(request.all_token_ids[aligned:end])
+
+    def _hashed(self, request: Request, aligned: int) -> bool:
+        return 0 < aligned and aligned // self.hash_unit <= len(request.block_hashes)
 
     def on_new_request(self, request: Request) -> None:
         self._requests[request.request_id] = request
@@ -93,7 +99,7 @@ class KVTailConnector(KVConnectorBase_V1):
         aligned = num_computed_tokens
         # At least one token must stay to be computed (vLLM samples from the last computed one).
         last = min(aligned + self.block_size - 1, request.num_tokens - 1)
-        if aligned == 0 or aligned // self.block_size > len(request.block_hashes) or last <= aligned:
+        if not self._hashed(request, aligned) or last <= aligned:
             return 0, False
         for end in range(last, aligned, -1):
             key = self._key(request, aligned, end)
@@ -125,7 +131,7 @@ class KVTailConnector(KVConnectorBase_V1):
     def _save_tail(self, request: Request) -> None:
         length = request.num_prompt_tokens
         aligned = length - length % self.block_size
-        if aligned == length or aligned == 0 or aligned // self.block_size > len(request.block_hashes):
+        if aligned == length or not self._hashed(request, aligned):
             return
         key = self._key(request, aligned, length)
         if key in self._index:

@@ -16,20 +16,20 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  #
 BLOCK = 4
 
 
-def connector(max_tails: int) -> KVTailConnector:
+def connector(max_tails: int, hash_unit: int = BLOCK) -> KVTailConnector:
     config = SimpleNamespace(cache_config=SimpleNamespace(block_size=BLOCK),
                              kv_transfer_config=kv_tail_transfer_config(max_tails))
-    tails = KVTailConnector(config, KVConnectorRole.SCHEDULER)
+    tails = KVTailConnector(config, KVConnectorRole.SCHEDULER, SimpleNamespace(hash_block_size=hash_unit))
     tails.blocks = {}
     manager = SimpleNamespace(get_block_ids=lambda request_id: (tails.blocks[request_id],), block_pool=None)
     tails.bind_kv_cache_manager(manager)
     return tails
 
 
-def request(request_id: str, tokens: list[int], computed: int = 0) -> SimpleNamespace:
+def request(request_id: str, tokens: list[int], computed: int = 0, hash_unit: int = BLOCK) -> SimpleNamespace:
     hashes, parent = [], None
-    for end in range(BLOCK, len(tokens) + 1, BLOCK):  # chained like vLLM's block hashes
-        parent = hash((parent, tuple(tokens[end - BLOCK:end])))
+    for end in range(hash_unit, len(tokens) + 1, hash_unit):  # chained like vLLM's block hashes
+        parent = hash((parent, tuple(tokens[end - hash_unit:end])))
         hashes.append(parent)
     return SimpleNamespace(request_id=request_id, all_token_ids=tokens, num_tokens=len(tokens),
                            num_prompt_tokens=len(tokens), num_computed_tokens=computed, block_hashes=hashes)
@@ -90,6 +90,16 @@ def test_reset_cache_forgets_every_tail():
     prefill(tails, request("parent", PROMPT), [7, 8, 9])
     assert tails.reset_cache() is True
     assert tails.get_num_new_matched_tokens(request("child", PROMPT + [5]), 8) == (0, False)
+
+
+def test_hashes_finer_than_blocks_key_on_the_whole_aligned_prefix():
+    # With prefix_match_unit 2 and 4-token blocks, the key must cover all 8 tokens before the tail: a prompt
+    # differing only in tokens 4..7 must not get the tail.
+    tails = connector(8, hash_unit=2)
+    assert prefill(tails, request("parent", PROMPT, hash_unit=2), [7, 8, 9]).saves == [(0, 9)]
+    assert tails.get_num_new_matched_tokens(request("child", PROMPT + [5], hash_unit=2), 8) == (2, False)
+    other = PROMPT[:4] + [1, 1, 1, 1] + PROMPT[8:] + [5]
+    assert tails.get_num_new_matched_tokens(request("other", other, hash_unit=2), 8) == (0, False)
 
 
 def test_max_tails_must_be_positive():
