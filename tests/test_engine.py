@@ -19,6 +19,8 @@ from tests.conftest import TITLES
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 vllm = pytest.importorskip("vllm")
 
+from model_patch.kv_tail import kv_tail_transfer_config  # noqa: E402
+
 TOL = 1e-4
 MAX_TOKENS = 10
 TITLE_LIST = list(TITLES.values())
@@ -66,10 +68,10 @@ class Engine:
 
 
 ENGINE_CONFIGS = {
-    # Prefix caching, chunked prefill (32-token budget) and a KV cache small enough to preempt (16-token blocks,
-    # as served); the plain engine uses vLLM's own 32-token CPU blocks.
+    # Prefix caching with the tail store, chunked prefill (32-token budget) and a KV cache small enough to
+    # preempt (16-token blocks, as served); the plain engine uses vLLM's own 32-token CPU blocks.
     "hat_chunked": ("hat", dict(enable_prefix_caching=True, max_num_batched_tokens=32, max_num_seqs=8,
-                                num_gpu_blocks_override=20)),
+                                num_gpu_blocks_override=20, kv_transfer_config=kv_tail_transfer_config(16))),
     "hat_plain": ("hat", dict(enable_prefix_caching=False, max_num_batched_tokens=2048, block_size=32)),
     "stock_on_hat_weights": ("hat", dict(hf_overrides={"architectures": ["LlamaForCausalLM"]})),
     "all_or": ("causal", dict()),
@@ -144,11 +146,14 @@ class TestChunkedPrefixCachedEngine:
     def test_request_reusing_cached_prefix(self, engine, checkpoints, builder):
         model = load_model(checkpoints / "hat")
         hits_before = engine.metric("vllm:prefix_cache_hits")
+        tail_hits_before = engine.metric("vllm:external_prefix_cache_hits")
         base = [TITLE_LIST[j] for j in range(6)]
         engine.greedy([builder.prompt(base)], max_tokens=2)
         longer = [builder.prompt(base + [TITLE_LIST[6]])]
         assert_matches_reference(engine.greedy(longer), model, longer)
         assert engine.metric("vllm:prefix_cache_hits") > hits_before
+        assert len(builder.prompt(base)) % 16  # the base prompt ends inside a block: the tail store serves it
+        assert engine.metric("vllm:external_prefix_cache_hits") > tail_hits_before
 
     def test_beam_search_scores_match_reference(self, engine, checkpoints, prompts):
         model = load_model(checkpoints / "hat")
