@@ -29,8 +29,7 @@ def load_rows(paths: list[Path]) -> list[dict]:
         training = json.loads((Path(result["model"]) / "training.json").read_text())
         schedule = training["schedule"]
         rows.append(dict(result, schedule=schedule, seed=training["args"]["seed"], size=training["args"]["size"],
-                         steps=training["steps"],
-                         valid_loss=training["final_valid_loss"],
+                         steps=training["steps"], valid_loss=training["final_valid_loss"],
                          counts={t: schedule.count(t) for t in ("IN", "OR", "CR")}))
     return sorted(rows, key=lambda r: (r["size"], r["counts"]["IN"] + r["counts"]["CR"], r["counts"]["IN"], r["seed"]))
 
@@ -41,8 +40,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         c = r["counts"]
         lines.append(f"| {r['size']} | {','.join(r['schedule'])} | {c['IN']} | {c['OR']} | {c['CR']} | {r['seed']} | "
-                     f"{r['steps']} | "
-                     f"{r['valid_loss']:.3f} | " + " | ".join(f"{r[m]:.4f}" for m in METRICS)
+                     f"{r['steps']} | {r['valid_loss']:.3f} | " + " | ".join(f"{r[m]:.4f}" for m in METRICS)
                      + f" | {round(r['HR@10'] * r['users'])}/{r['users']} |")
     return "\n".join(lines)
 

@@ -9,9 +9,10 @@ import os
 from collections import Counter
 
 import pytest
+import torch
 
 from hatllm.beam_search import constrained_beam_search
-from hatllm.modeling import load_model
+from hatllm.modeling import forward, load_model, logits
 from hatllm.trie import TitleTrie
 from tests.conftest import TITLES
 
@@ -103,10 +104,6 @@ def test_worker_runs_inside_the_engine_core(engine_search):
 def test_beam_request_reuses_the_prompts_partial_block(engine_search, hat_checkpoint, builder):
     # The prompt's last, partial KV block comes from the tail store (model_patch.kv_tail): the beam request
     # computes only its own tokens, with the logprobs of a full forward; a tail whose tokens differ is not used.
-    import torch
-
-    from hatllm.modeling import forward, logits
-
     run, topk = engine_search
     prompt = next(p for p in (builder.prompt([TITLES[h] for h in hs]) for hs in (["1", "2"], ["3", "1", "2"], ["8"]))
                   if len(p) % 16 > 1)
