@@ -124,15 +124,29 @@ def renormalised(next_logits: torch.Tensor, allowed: list[int]) -> dict[int, flo
 
 
 @torch.no_grad()
-def constrained_beam_search(model, prompt: list[int], view: TrieView, num_items: int, beam_width: int) -> SearchResult:
-    """The reference driver: the HF model, one beam at a time on top of the prompt's KV cache."""
-    cache = DynamicCache(config=model.config)
-    out = forward(model, torch.tensor([prompt]), cache=cache)
-    prompt_logits = logits(model, out.hidden[0, -1])
+def prompt_logits_batch(model, prompts: list[list[int]], pad_id: int) -> list[torch.Tensor]:
+    """Next-token logits after each prompt, from one right-padded forward (the first step of many
+    searches at once; padding after a prompt never reaches its positions, all masks being causal)."""
+    length = max(len(p) for p in prompts)
+    ids = torch.tensor([p + [pad_id] * (length - len(p)) for p in prompts])
+    hidden = forward(model, ids).hidden
+    last = hidden[torch.arange(len(prompts)), torch.tensor([len(p) - 1 for p in prompts])]
+    return list(logits(model, last))
+
+
+@torch.no_grad()
+def constrained_beam_search(model, prompt: list[int], view: TrieView, num_items: int, beam_width: int,
+                            prompt_logits: torch.Tensor | None = None) -> SearchResult:
+    """The reference driver: the HF model, one beam at a time on top of the prompt's KV cache.
+    `prompt_logits` (from `prompt_logits_batch`) saves the prompt's forward when no beam goes deeper."""
+    cache = None
     search = TrieBeamSearch(view, num_items, beam_width)
     while not search.done:
         answers = []
         for beam in search.active:
+            if cache is None and (beam.tokens or prompt_logits is None):
+                cache = DynamicCache(config=model.config)
+                prompt_logits = logits(model, forward(model, torch.tensor([prompt]), cache=cache).hidden[0, -1])
             next_logits = prompt_logits
             if beam.tokens:
                 hidden = forward(model, torch.tensor([prompt + list(beam.tokens)]), cache=cache).hidden

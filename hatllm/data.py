@@ -247,6 +247,7 @@ class Example:
     user_id: str
     history: tuple[str, ...]  # oldest first, truncated to the last max_history items
     target: str
+    seen: frozenset[str] = frozenset()  # every earlier item of the user but the target: "seen excluded" masks these
 
 
 @dataclass
@@ -264,7 +265,10 @@ class Split:
         return counts
 
 
-def leave_one_out(dataset: Dataset, max_history: int = 20, min_length: int = 3) -> Split:
+DEFAULT_MAX_HISTORY = 50  # the reference protocol's history cap (../shared/notes/reference-results.md)
+
+
+def leave_one_out(dataset: Dataset, max_history: int = DEFAULT_MAX_HISTORY, min_length: int = 3) -> Split:
     """Last item = test target, second to last = validation target, the rest = training.
 
     Users with fewer than `min_length` interactions have no held-out target; all their items train.
@@ -277,6 +281,6 @@ def leave_one_out(dataset: Dataset, max_history: int = 20, min_length: int = 3) 
             train[user] = list(seq)
             continue
         train[user] = seq[:-2]
-        valid.append(Example(user, tuple(seq[:-2][-max_history:]), seq[-2]))
-        test.append(Example(user, tuple(seq[:-1][-max_history:]), seq[-1]))
+        valid.append(Example(user, tuple(seq[:-2][-max_history:]), seq[-2], frozenset(seq[:-2]) - {seq[-2]}))
+        test.append(Example(user, tuple(seq[:-1][-max_history:]), seq[-1], frozenset(seq[:-1]) - {seq[-1]}))
     return Split(train, valid, test, max_history)

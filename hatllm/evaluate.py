@@ -14,60 +14,55 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from .baselines.popular import PopularRanker
 from .baselines.sasrec import SASRecRanker
-from .beam_search import constrained_beam_search
-from .data import Example, leave_one_out, load_dataset
-from .metrics import CUTOFFS, hit_and_ndcg, invalid_entries, target_rank
+from .beam_search import constrained_beam_search, prompt_logits_batch
+from .data import DEFAULT_MAX_HISTORY, leave_one_out, load_dataset
+from .item_codes import ItemCodes
+from .metrics import CUTOFFS, evaluate_ranker
 from .modeling import load_model
 from .prompt import PromptBuilder
 from .trie import TitleTrie
 
 
 class LLMRanker:
-    """HatLLM (or causal) checkpoint + catalog trie, ranked by the reference beam search."""
+    """HatLLM (or causal) model + catalog trie, ranked by the reference constrained beam search; the
+    prompts' first step runs batched."""
 
     name = "llm"
 
-    def __init__(self, model_path: str | Path, titles: dict[str, str], popularity, beam_width: int | None = None):
+    def __init__(self, model, builder: PromptBuilder, titles: dict[str, str], popularity, codes: ItemCodes | None,
+                 beam_width: int | None = None, batch_size: int = 32):
+        self.model, self.builder, self.titles = model, builder, titles
+        self.codes = codes.for_catalog(titles, builder.title_tokens) if codes else None
+        self.trie = TitleTrie.from_catalog(titles, builder, popularity, self.codes)
+        self.beam_width, self.batch_size = beam_width, batch_size
+        self.model_steps = 0
+        self.name = "hatllm" if set(model.config.hat_layer_types) != {"OR"} else "causal"
+
+    @classmethod
+    def load(cls, path: str | Path, titles: dict[str, str], popularity, beam_width: int | None = None) -> "LLMRanker":
         from transformers import AutoTokenizer
 
-        self.model = load_model(model_path)
-        self.titles = titles
-        self.builder = PromptBuilder.from_model_config(AutoTokenizer.from_pretrained(model_path), self.model.config)
-        self.trie = TitleTrie.from_catalog(titles, self.builder, popularity)
-        self.beam_width = beam_width
-        self.model_steps = 0
-        self.name = "hatllm" if set(self.model.config.hat_layer_types) != {"OR"} else "causal"
+        model = load_model(path)
+        builder = PromptBuilder.from_model_config(AutoTokenizer.from_pretrained(path), model.config)
+        return cls(model, builder, titles, popularity, ItemCodes.load(path), beam_width)
 
-    def rank(self, history: tuple[str, ...], k: int, exclude: set[str]) -> list[tuple[str, float]]:
-        prompt = self.builder.prompt([self.titles[i] for i in history])
-        result = constrained_beam_search(self.model, prompt, self.trie.view(deny=exclude), k, self.beam_width or k)
-        self.model_steps += result.model_steps
-        return result.items
-
-
-def evaluate(ranker, examples: list[Example], catalog: dict, k: int = 10, exclude_history: bool = True) -> dict:
-    totals = {name: 0.0 for c in CUTOFFS for name in (f"HR@{c}", f"NDCG@{c}")}
-    invalid, short, started = 0, 0, time.time()
-    for ex in tqdm(examples, desc=f"evaluate {ranker.name}", unit="user"):
-        ranked = [item for item, _ in ranker.rank(ex.history, k, set(ex.history) if exclude_history else set())]
-        invalid += invalid_entries(ranked, catalog)
-        short += len(ranked) < k
-        for name, value in hit_and_ndcg(target_rank(ranked, ex.target)).items():
-            totals[name] += value
-    n = max(len(examples), 1)
-    result = {name: round(value / n, 5) for name, value in totals.items()}
-    result.update(users=len(examples), invalid_outputs=invalid, short_lists=short, seconds=round(time.time() - started, 1))
-    if hasattr(ranker, "model_steps"):
-        result["model_steps_per_user"] = round(ranker.model_steps / n, 2)
-    return result
+    def rank_batch(self, histories: list[tuple[str, ...]], k: int, excludes: list[set[str]]) -> list[list[tuple[str, float]]]:
+        out = []
+        for start in range(0, len(histories), self.batch_size):
+            prompts = [self.builder.item_prompt(h, self.titles, self.codes) for h in histories[start : start + self.batch_size]]
+            firsts = prompt_logits_batch(self.model, prompts, self.builder.tokenizer.pad_token_id)
+            for prompt, first, exclude in zip(prompts, firsts, excludes[start : start + self.batch_size]):
+                result = constrained_beam_search(self.model, prompt, self.trie.view(deny=exclude), k,
+                                                 self.beam_width or k, prompt_logits=first)
+                self.model_steps += result.model_steps
+                out.append(result.items)
+        return out
 
 
 def format_table(rows: dict[str, dict]) -> str:
@@ -87,10 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--beam-width", type=int, help="LLM beam width (default: k)")
-    p.add_argument("--max-history", type=int, default=20)
+    p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY)
     p.add_argument("--users", type=int, help="evaluate a seeded random sample of this many users")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep-history", action="store_true", help="do not exclude history items")
+    p.add_argument("--keep-seen", action="store_true", help="do not exclude the user's earlier items")
     p.add_argument("--name", help="row name in the report (default: method or schedule)")
     p.add_argument("--out", help="write the result JSON here")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small per-step batches gain little from more)")
@@ -109,10 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.method == "sasrec":
         ranker = SASRecRanker.load(args.model)
     else:
-        ranker = LLMRanker(args.model, titles, split.popularity(), args.beam_width)
-    result = evaluate(ranker, examples, titles, args.k, not args.keep_history)
+        ranker = LLMRanker.load(args.model, titles, split.popularity(), args.beam_width)
+    result = evaluate_ranker(ranker, examples, titles, args.k, not args.keep_seen)
+    if hasattr(ranker, "model_steps"):
+        result["model_steps_per_user"] = round(ranker.model_steps / max(len(examples), 1), 2)
     name = args.name or ranker.name
-    result.update(method=name, dataset=dataset.name, split=args.split, model=args.model)
+    result.update(method=name, dataset=dataset.name, split=args.split, model=args.model, max_history=args.max_history,
+                  seen_excluded=not args.keep_seen)
     print(format_table({name: result}))
     print(json.dumps(result))
     if args.out:

@@ -35,3 +35,20 @@ def plot_metric_bars(results: dict[str, dict[str, float]], metrics: list[str], p
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_validation(log: list[dict], path: Path, title: str) -> None:
+    """Per-epoch training loss and validation NDCG@10 (the early-stopping criterion)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    epochs = [row["epoch"] for row in log]
+    ax.plot(epochs, [row["valid_ndcg@10"] for row in log], "o-", color="C1", label="valid NDCG@10")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid NDCG@10 (seen excluded)")
+    loss_ax = ax.twinx()
+    loss_ax.plot(epochs, [row["loss"] for row in log], alpha=0.5, label="train loss")
+    loss_ax.set_ylabel("train loss")
+    ax.set_title(title)
+    fig.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,8 +1,9 @@
 """The item-delimited prompt, built at token level: one builder for training, evaluation and serving.
 
-Layout (token ids):  [BOS] instruction  <item> title_1 </item> ... <item> title_n </item>  <item>
+Layout (token ids):  [BOS] instruction  <item> code_1 title_1 </item> ... <item> code_n title_n </item>  <item>
 The prompt ends with the open delimiter of the next item, so the model's next tokens are that item's
-title followed by its close delimiter. Nothing but items follows the first item (see `masks`).
+code, title and close delimiter. Nothing but items follows the first item (see `masks`). Codes are the
+optional collaborative item tokens of `item_codes` (empty for a model trained without them).
 
 Each title is tokenized alone, with no special tokens, and cached: a title has exactly the same tokens
 in a history, in a training target, and in the decoding trie.
@@ -11,7 +12,7 @@ in a history, in a training target, and in the decoding trie.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 DEFAULT_INSTRUCTION = "A user interacted with these items in order. Predict the next item."
 
@@ -23,6 +24,9 @@ class PromptBuilder:
     item_close_id: int
     instruction: str = DEFAULT_INSTRUCTION
     _title_cache: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._special_ids = frozenset(self.tokenizer.all_special_ids)
 
     @classmethod
     def from_model_config(cls, tokenizer, config) -> "PromptBuilder":
@@ -40,33 +44,37 @@ class PromptBuilder:
             tokens = tuple(self.tokenizer.encode(title, add_special_tokens=False))
             if not tokens:
                 raise ValueError(f"title {title!r} has no tokens")
-            if self.item_open_id in tokens or self.item_close_id in tokens:
-                raise ValueError(f"title {title!r} contains an item delimiter token")
+            if not self._special_ids.isdisjoint(tokens):
+                raise ValueError(f"title {title!r} contains a special token (item delimiter or code)")
             self._title_cache[title] = tokens
         return tokens
 
-    def item_tokens(self, title: str) -> list[int]:
-        return [self.item_open_id, *self.title_tokens(title), self.item_close_id]
+    def item_tokens(self, title: str, code: Sequence[int] = ()) -> list[int]:
+        return [self.item_open_id, *code, *self.title_tokens(title), self.item_close_id]
 
     def prefix(self) -> list[int]:
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         return bos + self.tokenizer.encode(self.instruction, add_special_tokens=False)
 
-    def prompt(self, history_titles: Sequence[str]) -> list[int]:
-        """Prompt for recommending the item after `history_titles` (oldest first)."""
-        ids = self.prefix()
-        for title in history_titles:
-            ids += self.item_tokens(title)
-        ids.append(self.item_open_id)
+    def items(self, titles: Sequence[str], codes: Sequence[Sequence[int]] | None) -> list[int]:
+        ids = []
+        for title, code in zip(titles, codes if codes is not None else [()] * len(titles), strict=True):
+            ids += self.item_tokens(title, code)
         return ids
 
-    def training_sequence(self, titles: Sequence[str]) -> tuple[list[int], list[bool]]:
+    def prompt(self, history_titles: Sequence[str], codes: Sequence[Sequence[int]] | None = None) -> list[int]:
+        """Prompt for recommending the item after `history_titles` (oldest first), with their codes."""
+        return self.prefix() + self.items(history_titles, codes) + [self.item_open_id]
+
+    def item_prompt(self, history: Sequence[str], titles: Mapping[str, str], codes: Mapping[str, Sequence[int]] | None) -> list[int]:
+        """`prompt` for a history of item ids, with the catalog's titles and resolved codes (if any)."""
+        return self.prompt([titles[i] for i in history], [codes[i] for i in history] if codes else None)
+
+    def training_sequence(self, titles: Sequence[str], codes: Sequence[Sequence[int]] | None = None) -> tuple[list[int], list[bool]]:
         """Token ids of a whole sequence of items and, per position, whether its *next* token is a
-        training target (title tokens and close delimiters of every item; the open delimiters are
-        given by the prompt, never generated)."""
-        ids = self.prefix()
-        for title in titles:
-            ids += self.item_tokens(title)
+        training target (codes, title tokens and close delimiters of every item; the open delimiters
+        are given by the prompt, never generated)."""
+        ids = self.prefix() + self.items(titles, codes)
         predicts = [nxt != self.item_open_id for nxt in ids[1:]] + [False]
         first = len(self.prefix())
         predicts[: first] = [False] * first  # positions before the first item's open token

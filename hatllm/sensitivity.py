@@ -2,8 +2,8 @@
 
     python -m hatllm.sensitivity docs/results/ml-latest-small/sensitivity docs/results/ml-latest-small/hatllm.json
 
-Each row reads the checkpoint's own `training.json` (schedule, seed, teacher-forced validation loss of the
-target item) beside the ranking metrics, so rows are only comparable when size, data and steps match
+Each row reads the checkpoint's own `training.json` (schedule, seed, best epoch and its validation NDCG@10)
+beside the test metrics, so rows are only comparable when size, data and recipe match
 (`scripts/sensitivity.sh` keeps them equal).
 """
 
@@ -29,18 +29,18 @@ def load_rows(paths: list[Path]) -> list[dict]:
         training = json.loads((Path(result["model"]) / "training.json").read_text())
         schedule = training["schedule"]
         rows.append(dict(result, schedule=schedule, seed=training["args"]["seed"], size=training["args"]["size"],
-                         steps=training["steps"], valid_loss=training["final_valid_loss"],
+                         epoch=training["best_epoch"], valid_ndcg=training["best_valid_ndcg"],
                          counts={t: schedule.count(t) for t in ("IN", "OR", "CR")}))
     return sorted(rows, key=lambda r: (r["size"], r["counts"]["IN"] + r["counts"]["CR"], r["counts"]["IN"], r["seed"]))
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| size | schedule | IN | OR | CR | seed | steps | valid loss | " + " | ".join(METRICS) + " | hits@10 |",
+    lines = ["| size | schedule | IN | OR | CR | seed | best epoch | valid NDCG@10 | " + " | ".join(METRICS) + " | hits@10 |",
              "|---" * (9 + len(METRICS)) + "|"]
     for r in rows:
         c = r["counts"]
         lines.append(f"| {r['size']} | {','.join(r['schedule'])} | {c['IN']} | {c['OR']} | {c['CR']} | {r['seed']} | "
-                     f"{r['steps']} | {r['valid_loss']:.3f} | " + " | ".join(f"{r[m]:.4f}" for m in METRICS)
+                     f"{r['epoch']} | {r['valid_ndcg']:.4f} | " + " | ".join(f"{r[m]:.4f}" for m in METRICS)
                      + f" | {round(r['HR@10'] * r['users'])}/{r['users']} |")
     return "\n".join(lines)
 
@@ -48,10 +48,10 @@ def format_table(rows: list[dict]) -> str:
 def plot(rows: list[dict], path: Path, title: str) -> None:
     labels = [f"{r['size']} " + ",".join(t[0] for t in r["schedule"]) + f" s{r['seed']}" for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.bar(labels, [r["valid_loss"] for r in rows])
-    ax1.set(ylabel="validation loss (nats per title token)", title="teacher-forced target item")
-    ax2.bar(labels, [r["HR@10"] for r in rows])
-    ax2.set(ylabel="HR@10", title="full-catalog ranking (test)")
+    ax1.bar(labels, [r["valid_ndcg"] for r in rows])
+    ax1.set(ylabel="NDCG@10", title="validation (best epoch)")
+    ax2.bar(labels, [r["NDCG@10"] for r in rows])
+    ax2.set(ylabel="NDCG@10", title="full-catalog ranking (test)")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", rotation=60)
     fig.suptitle(title)

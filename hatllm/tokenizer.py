@@ -16,8 +16,9 @@ ITEM_OPEN, ITEM_CLOSE = "<|item|>", "<|/item|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, ITEM_OPEN, ITEM_CLOSE]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
-    """Train BPE on `texts` (titles and the instruction). Byte-level, so no text is ever unknown."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, code_tokens: list[str] = ()) -> PreTrainedTokenizerFast:
+    """Train BPE on `texts` (titles and the instruction). Byte-level, so no text is ever unknown.
+    `code_tokens` (item codes) are appended as special tokens: no text ever encodes to them."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -28,6 +29,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096) -> PreTrainedT
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
+    bpe.add_special_tokens(list(code_tokens))
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=BOS,

@@ -52,11 +52,14 @@ class TitleTrie:
             items.sort(key=key)
 
     @classmethod
-    def from_catalog(cls, titles: Mapping[str, str], builder, popularity: Counter | None = None) -> "TitleTrie":
+    def from_catalog(cls, titles: Mapping[str, str], builder, popularity: Counter | None = None,
+                     codes: Mapping[str, Sequence[int]] | None = None) -> "TitleTrie":
+        """`codes`: every item's code (`ItemCodes.for_catalog`), for a model trained with item codes."""
         close = builder.item_close_id
         popularity = popularity or Counter()
+        codes = codes or {}
         return cls(
-            {item: (*builder.title_tokens(title), close) for item, title in titles.items()},
+            {item: (*codes.get(item, ()), *builder.title_tokens(title), close) for item, title in titles.items()},
             tie_order=lambda item: (-popularity[item], item),
         )
 

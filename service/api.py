@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from transformers import AutoConfig, AutoTokenizer
 
+from hatllm.item_codes import ItemCodes
 from hatllm.prompt import PromptBuilder
 
 from . import metrics
@@ -47,6 +48,9 @@ class Services:
     """Everything a request needs, built once per process by the lifespan."""
 
     def __init__(self, settings: Settings, request_exit: Callable[[], None] | None = None):
+        config = AutoConfig.from_pretrained(settings.model_path)
+        if settings.max_history is None:  # the history length the model was trained with
+            settings = settings.model_copy(update={"max_history": getattr(config, "hat_max_history", None) or 20})
         self.settings = settings
         # How to stop the server when the engine dies: the runner's hook (python -m service exits with
         # code 3), else SIGTERM to this process (uvicorn shuts down gracefully, then dies by the signal).
@@ -55,8 +59,8 @@ class Services:
                                     socket_connect_timeout=settings.redis_timeout_s, health_check_interval=5)
         self.store = Store(self.redis, Keys(settings.redis_prefix), settings.history_cap)
         tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
-        self.builder = PromptBuilder.from_model_config(tokenizer, AutoConfig.from_pretrained(settings.model_path))
-        self.catalog = CatalogCache(self.store, self.builder)
+        self.builder = PromptBuilder.from_model_config(tokenizer, config)
+        self.catalog = CatalogCache(self.store, self.builder, ItemCodes.load(settings.model_path))
         self.engine = Engine(settings)
         self.recommender = Recommender(settings, self.store, self.catalog, self.engine, self.builder)
         self._watchers: list[asyncio.Task] = []

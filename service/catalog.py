@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from hatllm.item_codes import ItemCodes
 from hatllm.prompt import PromptBuilder
 from hatllm.trie import TitleTrie
 
@@ -29,19 +30,25 @@ log = logging.getLogger(__name__)
 class CatalogSnapshot:
     version: int
     titles: dict[str, str]
+    codes: dict[str, tuple[int, ...]] | None  # every item's code, for a model trained with item codes
     trie: TitleTrie
     popular: list[str]  # item ids, most interacted first (cold start, and the trie's tie order)
 
     @classmethod
-    def build(cls, version: int, titles: dict[str, str], popularity: dict[str, float], builder: PromptBuilder):
+    def build(cls, version: int, titles: dict[str, str], popularity: dict[str, float], builder: PromptBuilder,
+              item_codes: ItemCodes | None = None):
         counts = Counter({item: popularity.get(item, 0) for item in titles})
         popular = sorted(titles, key=lambda item: (-counts[item], item))
-        return cls(version, titles, TitleTrie.from_catalog(titles, builder, counts), popular)
+        codes = item_codes.for_catalog(titles, builder.title_tokens) if item_codes else None
+        return cls(version, titles, codes, TitleTrie.from_catalog(titles, builder, counts, codes), popular)
+
+    def prompt(self, builder: PromptBuilder, history: list[str]) -> list[int]:
+        return builder.item_prompt(history, self.titles, self.codes)
 
 
 class CatalogCache:
-    def __init__(self, store: Store, builder: PromptBuilder):
-        self.store, self.builder = store, builder
+    def __init__(self, store: Store, builder: PromptBuilder, item_codes: ItemCodes | None = None):
+        self.store, self.builder, self.item_codes = store, builder, item_codes
         self.current: CatalogSnapshot | None = None
         self._lock = asyncio.Lock()
 
@@ -53,7 +60,8 @@ class CatalogCache:
                 return self.current
             version, titles = await self.store.catalog()
             popularity = await self.store.popularity()
-            snapshot = await asyncio.to_thread(CatalogSnapshot.build, version, titles, popularity, self.builder)
+            snapshot = await asyncio.to_thread(CatalogSnapshot.build, version, titles, popularity, self.builder,
+                                               self.item_codes)
             self.current = snapshot
             metrics.CATALOG_VERSION.set(version)
             metrics.CATALOG_ITEMS.set(len(titles))

@@ -55,7 +55,7 @@ class Recommender:
                                retry_after=self.settings.retry_after_s)
         recent = history[-self.settings.max_history:]  # the prompt's items; exclusion covers all of history
         with stage("prompt"):
-            prompt = self.builder.prompt([snapshot.titles[i] for i in recent])
+            prompt = snapshot.prompt(self.builder, recent)
             view = snapshot.trie.view(allow=allow, deny=deny)
         if len(prompt) + snapshot.trie.longest_path > self.settings.max_model_len:
             raise ServiceError(422, "history_too_long", f"the prompt ({len(prompt)} tokens) leaves no room for a title "
@@ -75,7 +75,7 @@ class Recommender:
             if unknown:
                 raise unknown_items(unknown, "history")
             return list(req.history)
-        stored = await self.store.history(req.user_id, self.settings.max_history)
+        stored = await self.store.history(req.user_id, self.settings.history_cap)  # all of it: exclude_seen covers every stored item
         return [i for i in stored if i in snapshot.titles]  # items removed from the catalog since
 
     def _cold_start(self, req, snapshot: CatalogSnapshot, allow, deny) -> RecommendResponse:

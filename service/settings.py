@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="HTTP port")
 
     # Recommendation
-    max_history: int = Field(20, ge=1, description="most recent items put in the prompt")
+    max_history: int | None = Field(None, ge=1, description="most recent items put in the prompt "
+                                                            "(default: the model's hat_max_history, else 20)")
     history_cap: int = Field(200, ge=1, description="items kept per user in Redis (older ones are trimmed)")
     max_k: int = Field(100, ge=1, le=100, description="largest k a request may ask for")
     beam_width: int | None = Field(None, ge=1, le=100, description="beam width; at least the request's k (default: k)")

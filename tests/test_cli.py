@@ -3,18 +3,32 @@
 import json
 
 import pytest
+import torch
 
 from hatllm import evaluate, train
 from hatllm.baselines import sasrec
+from hatllm.item_codes import ItemCodes
 from hatllm.modeling import load_model
+
+TINY = ["--size", "tiny", "--layers", "3", "--schedule", "hat", "--batch-size", "4", "--vocab-size", "300", "--lr", "1e-2"]
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
-    train.main(["--data", str(tiny_dataset), "--out", str(out), "--size", "tiny", "--layers", "3",
-                "--schedule", "hat", "--epochs", "3", "--batch-size", "4", "--vocab-size", "300"])
+    train.main(["--data", str(tiny_dataset), "--out", str(out), *TINY, "--epochs", "3", "--patience", "5"])
     return out
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sasrec")
+    sasrec.main(["--data", str(tiny_dataset), "--out", str(out), "--max-epochs", "5"])
+    return out
+
+
+def losses(folder):
+    return [row["loss"] for row in json.loads((folder / "training.json").read_text())["log"]]
 
 
 def test_checkpoint_carries_its_masks(trained):
@@ -23,9 +37,48 @@ def test_checkpoint_carries_its_masks(trained):
     assert config["hat_layer_types"] == ["IN", "OR", "CR"]
     assert {"hat_item_open_token_id", "hat_item_close_token_id", "hat_instruction"} <= config.keys()
     assert load_model(trained).config.hat_layer_types == ["IN", "OR", "CR"]
-    history = json.loads((trained / "training.json").read_text())["history"]
-    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert losses(trained)[-1] < losses(trained)[0]
     assert (trained / "training.png").stat().st_size > 0
+    codes = ItemCodes.load(trained)  # one code token per catalog item, all distinct
+    assert len(codes) == 8 and len({c for c in codes.codes.values()}) == 8
+
+
+def test_titles_only_recipe_learns(tiny_dataset, tmp_path):
+    train.main(["--data", str(tiny_dataset), "--out", str(tmp_path), *TINY, "--epochs", "3", "--no-item-codes"])
+    assert ItemCodes.load(tmp_path) is None
+    assert losses(tmp_path)[-1] < losses(tmp_path)[0]
+
+
+def test_resumed_training_ends_with_the_same_model(tiny_dataset, tmp_path):
+    args = ["--data", str(tiny_dataset), *TINY, "--epochs", "3", "--patience", "9"]
+    train.main([*args, "--out", str(tmp_path / "straight")])
+    train.main([*args, "--out", str(tmp_path / "resumed"), "--stop-after", "1"])
+    assert len(losses(tmp_path / "resumed")) == 1
+    train.main([*args, "--out", str(tmp_path / "resumed"), "--resume"])
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    straight, resumed = (torch.load(tmp_path / d / train.STATE_FILE, weights_only=False)["model"] for d in ("straight", "resumed"))
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
+def test_teacher_targets_are_the_teachers_scores_in_code_order(tiny_dataset, teacher, tmp_path):
+    from hatllm.baselines.sasrec import SASRecRanker
+    from hatllm.data import leave_one_out, load_dataset
+
+    ranker = SASRecRanker.load(teacher)
+    codes = ItemCodes({item: (100 + n,) for n, item in enumerate(sorted(ranker.item_ids, reverse=True))})
+    item_ids = sorted(codes.codes, key=lambda i: codes.codes[i])
+    objective = train.CodeObjective(codes, item_ids, ranker)
+    window = list(leave_one_out(load_dataset(tiny_dataset)).train["u1"])
+    targets = objective.teacher_scores([window])
+    assert targets.shape == (len(window) - 1, len(item_ids))  # one row per predicted item, one column per code
+    # Row j: the teacher's scores after window[: j + 1], as SASRec scores every position of a training window.
+    seqs = sasrec.left_pad([[ranker.index[i] for i in window[:-1]]], ranker.model.max_len)
+    with torch.no_grad():
+        per_position = ranker.model.scores(ranker.model(seqs)[0, -(len(window) - 1):])
+    assert torch.allclose(targets, per_position[:, [ranker.index[i] - 1 for i in item_ids]], atol=1e-5)
+    assert torch.equal(targets[-1].argmax(), torch.tensor(item_ids.index(ranker.item_ids[per_position[-1].argmax()])))
+    train.main(["--data", str(tiny_dataset), "--out", str(tmp_path), *TINY, "--epochs", "2", "--teacher", str(teacher)])
+    assert losses(tmp_path)[-1] < losses(tmp_path)[0]
 
 
 def test_load_refuses_config_without_schedule(trained, tmp_path):
@@ -51,7 +104,10 @@ def test_evaluate_llm_and_popular(trained, tiny_dataset, tmp_path):
 
 
 def test_sasrec_trains_and_ranks(tiny_dataset, tmp_path):
-    sasrec.main(["--data", str(tiny_dataset), "--out", str(tmp_path), "--epochs", "5"])
+    sasrec.main(["--data", str(tiny_dataset), "--out", str(tmp_path), "--max-epochs", "30", "--patience", "3"])
+    info = json.loads((tmp_path / "training.json").read_text())
+    assert info["epochs_run"] - info["best_epoch"] == 3 or info["epochs_run"] == 30  # stops on patience
+    assert info["best_valid_ndcg@10"] == max(row["valid_ndcg@10"] for row in info["log"])
     result = evaluate.main(["--data", str(tiny_dataset), "--method", "sasrec", "--model", str(tmp_path), "--k", "5"])
     assert result["invalid_outputs"] == 0 and result["users"] == 12
 
@@ -62,7 +118,7 @@ def test_sensitivity_table_reads_schedule_and_loss_from_the_checkpoint(trained, 
     evaluate.main(["--data", str(tiny_dataset), "--method", "llm", "--model", str(trained), "--k", "3",
                    "--out", str(tmp_path / "hat.json")])
     table = sensitivity.main([str(tmp_path)])
-    loss = json.loads((trained / "training.json").read_text())["final_valid_loss"]
-    assert "| IN,OR,CR | 1 | 1 | 1 | 0 |" in table and "| tiny |" in table and f"| {loss:.3f} |" in table
+    ndcg = json.loads((trained / "training.json").read_text())["best_valid_ndcg"]
+    assert "| IN,OR,CR | 1 | 1 | 1 | 0 |" in table and "| tiny |" in table and f"| {ndcg:.4f} |" in table
     assert (tmp_path / "table.md").read_text().strip() == table
     assert (tmp_path / "sensitivity.png").stat().st_size > 0

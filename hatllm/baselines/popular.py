@@ -13,6 +13,9 @@ class PopularRanker:
         self.popularity = popularity
         self.order = sorted(catalog, key=lambda item: (-popularity[item], item))
 
+    def rank_batch(self, histories: list[tuple[str, ...]], k: int, excludes: list[set[str]]) -> list[list[tuple[str, float]]]:
+        return [self.rank(history, k, exclude) for history, exclude in zip(histories, excludes)]
+
     def rank(self, history: tuple[str, ...], k: int, exclude: set[str]) -> list[tuple[str, float]]:
         out = []
         for item in self.order:
