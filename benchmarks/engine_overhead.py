@@ -29,16 +29,15 @@ DECODE_TOKENS = 64
 
 
 def prompts_from_dataset(model_dir: Path, count: int) -> list[list[int]]:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
+    from hatllm.catalog import ModelCatalog
     from hatllm.data import leave_one_out, load_dataset
-    from hatllm.prompt import PromptBuilder
 
     dataset = load_dataset(ROOT / "data" / "ml-latest-small")
-    split = leave_one_out(dataset, 20)
-    builder = PromptBuilder.from_model_config(AutoTokenizer.from_pretrained(model_dir), AutoConfig.from_pretrained(model_dir))
-    titles = dataset.catalog.titles
-    return [builder.prompt([titles[i] for i in ex.history]) for ex in split.test[:count]]
+    split = leave_one_out(dataset, getattr(AutoConfig.from_pretrained(model_dir), "hat_max_history", 20))
+    catalog = ModelCatalog.for_checkpoint(model_dir, dataset.catalog.titles)
+    return [catalog.prompt(ex.history) for ex in split.test[:count]]
 
 
 def larger_model(default: Path, out: Path) -> Path:

@@ -44,19 +44,16 @@ def load_setup(model: str, data: str, num_prompts: int):
     """Prompts of `num_prompts` seeded test users, the catalog trie and the prompt builder."""
     import random
 
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
+    from hatllm.catalog import ModelCatalog
     from hatllm.data import leave_one_out, load_dataset
-    from hatllm.prompt import PromptBuilder
-    from hatllm.trie import TitleTrie
 
     dataset = load_dataset(data)
-    split = leave_one_out(dataset, 20)
-    builder = PromptBuilder.from_model_config(AutoTokenizer.from_pretrained(model), AutoConfig.from_pretrained(model))
-    trie = TitleTrie.from_catalog(dataset.catalog.titles, builder, split.popularity())
+    split = leave_one_out(dataset, getattr(AutoConfig.from_pretrained(model), "hat_max_history", 20))
+    catalog = ModelCatalog.for_checkpoint(model, dataset.catalog.titles, split.popularity())
     users = random.Random(0).sample(split.test, num_prompts)
-    prompts = [builder.prompt([dataset.catalog.titles[i] for i in ex.history]) for ex in users]
-    return prompts, trie, builder
+    return [catalog.prompt(ex.history) for ex in users], catalog.trie, catalog.builder
 
 
 def summary(latencies: list[float], wall: float, extra: dict | None = None) -> dict:

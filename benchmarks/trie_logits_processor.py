@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoTokenizer
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from hatllm.data import load_dataset
-from hatllm.prompt import PromptBuilder
-from hatllm.trie import TitleTrie
+from hatllm.catalog import ModelCatalog
 
 
 class TrieLogitsProcessor(AdapterLogitsProcessor):
@@ -24,8 +23,8 @@ class TrieLogitsProcessor(AdapterLogitsProcessor):
         super().__init__(vllm_config, device, is_pin_memory)
         model = vllm_config.model_config.model
         tokenizer = AutoTokenizer.from_pretrained(model)
-        self.builder = PromptBuilder.from_model_config(tokenizer, AutoConfig.from_pretrained(model))
-        self.trie = TitleTrie.from_catalog(load_dataset(os.environ["HATLLM_BENCH_DATA"]).catalog.titles, self.builder)
+        catalog = ModelCatalog.for_checkpoint(model, load_dataset(os.environ["HATLLM_BENCH_DATA"]).catalog.titles)
+        self.builder, self.trie = catalog.builder, catalog.trie
         self.eos = tokenizer.eos_token_id
 
     def is_argmax_invariant(self) -> bool:

@@ -22,43 +22,35 @@ from .baselines.popular import PopularRanker
 from .baselines.sasrec import SASRecRanker
 from .beam_search import constrained_beam_search, prompt_logits_batch
 from .data import DEFAULT_MAX_HISTORY, leave_one_out, load_dataset
-from .item_codes import ItemCodes
+from .catalog import ModelCatalog
 from .metrics import CUTOFFS, evaluate_ranker
 from .modeling import load_model
-from .prompt import PromptBuilder
-from .trie import TitleTrie
 
 
 class LLMRanker:
-    """HatLLM (or causal) model + catalog trie, ranked by the reference constrained beam search; the
+    """HatLLM (or causal) model over a catalog, ranked by the reference constrained beam search; the
     prompts' first step runs batched."""
 
     name = "llm"
 
-    def __init__(self, model, builder: PromptBuilder, titles: dict[str, str], popularity, codes: ItemCodes | None,
-                 beam_width: int | None = None, batch_size: int = 32):
-        self.model, self.builder, self.titles = model, builder, titles
-        self.codes = codes.for_catalog(titles, builder.title_tokens) if codes else None
-        self.trie = TitleTrie.from_catalog(titles, builder, popularity, self.codes)
+    def __init__(self, model, catalog: ModelCatalog, beam_width: int | None = None, batch_size: int = 32):
+        self.model, self.catalog = model, catalog
         self.beam_width, self.batch_size = beam_width, batch_size
         self.model_steps = 0
         self.name = "hatllm" if set(model.config.hat_layer_types) != {"OR"} else "causal"
 
     @classmethod
     def load(cls, path: str | Path, titles: dict[str, str], popularity, beam_width: int | None = None) -> "LLMRanker":
-        from transformers import AutoTokenizer
-
-        model = load_model(path)
-        builder = PromptBuilder.from_model_config(AutoTokenizer.from_pretrained(path), model.config)
-        return cls(model, builder, titles, popularity, ItemCodes.load(path), beam_width)
+        return cls(load_model(path), ModelCatalog.for_checkpoint(path, titles, popularity), beam_width)
 
     def rank_batch(self, histories: list[tuple[str, ...]], k: int, excludes: list[set[str]]) -> list[list[tuple[str, float]]]:
         out = []
+        pad_id = self.catalog.builder.tokenizer.pad_token_id
         for start in range(0, len(histories), self.batch_size):
-            prompts = [self.builder.item_prompt(h, self.titles, self.codes) for h in histories[start : start + self.batch_size]]
-            firsts = prompt_logits_batch(self.model, prompts, self.builder.tokenizer.pad_token_id)
+            prompts = [self.catalog.prompt(h) for h in histories[start : start + self.batch_size]]
+            firsts = prompt_logits_batch(self.model, prompts, pad_id)
             for prompt, first, exclude in zip(prompts, firsts, excludes[start : start + self.batch_size]):
-                result = constrained_beam_search(self.model, prompt, self.trie.view(deny=exclude), k,
+                result = constrained_beam_search(self.model, prompt, self.catalog.trie.view(deny=exclude), k,
                                                  self.beam_width or k, prompt_logits=first)
                 self.model_steps += result.model_steps
                 out.append(result.items)

@@ -30,6 +30,7 @@ HAT_ARCHITECTURE_PREFIX = "Hat"
 # Model sizes trainable on a CPU. "base" is ~4x "small" in compute, for benchmarks.
 MODEL_SIZES = {
     "tiny": dict(hidden_size=64, intermediate_size=192, num_hidden_layers=3, num_attention_heads=2),
+    "mini": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=2),
     "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=4),
     "base": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8),
 }

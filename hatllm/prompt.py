@@ -12,7 +12,7 @@ in a history, in a training target, and in the decoding trie.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Sequence
 
 DEFAULT_INSTRUCTION = "A user interacted with these items in order. Predict the next item."
 
@@ -37,6 +37,12 @@ class PromptBuilder:
             config.hat_item_close_token_id,
             getattr(config, "hat_instruction", DEFAULT_INSTRUCTION),
         )
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "PromptBuilder":
+        from transformers import AutoConfig, AutoTokenizer  # tokenizer and config only, no model code
+
+        return cls.from_model_config(AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path))
 
     def title_tokens(self, title: str) -> tuple[int, ...]:
         tokens = self._title_cache.get(title)
@@ -65,10 +71,6 @@ class PromptBuilder:
     def prompt(self, history_titles: Sequence[str], codes: Sequence[Sequence[int]] | None = None) -> list[int]:
         """Prompt for recommending the item after `history_titles` (oldest first), with their codes."""
         return self.prefix() + self.items(history_titles, codes) + [self.item_open_id]
-
-    def item_prompt(self, history: Sequence[str], titles: Mapping[str, str], codes: Mapping[str, Sequence[int]] | None) -> list[int]:
-        """`prompt` for a history of item ids, with the catalog's titles and resolved codes (if any)."""
-        return self.prompt([titles[i] for i in history], [codes[i] for i in history] if codes else None)
 
     def training_sequence(self, titles: Sequence[str], codes: Sequence[Sequence[int]] | None = None) -> tuple[list[int], list[bool]]:
         """Token ids of a whole sequence of items and, per position, whether its *next* token is a

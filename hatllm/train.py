@@ -36,6 +36,7 @@ from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
 from .data import DEFAULT_MAX_HISTORY, Split, leave_one_out, load_dataset
+from .catalog import ModelCatalog
 from .evaluate import LLMRanker
 from .item_codes import ItemCodes
 from .masks import parse_schedule
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> Path:
     windows = training_windows(split, titles, builder, codes.codes if codes else None)
     tokens = sum(len(w[0]) for w in windows)
     print(f"{len(windows)} training windows, {tokens} tokens, {tokens / sum(len(w[2]) for w in windows):.1f} per item")
+    catalog = ModelCatalog.build(builder, titles, codes, split.popularity())
     valid = split.valid
     if args.valid_users and args.valid_users < len(valid):
         valid = random.Random(args.seed).sample(valid, args.valid_users)
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> Path:
             scheduler.step()
             total += loss.item()
         model.eval()
-        ranker = LLMRanker(model, builder, titles, split.popularity(), codes)
+        ranker = LLMRanker(model, catalog)
         ndcg = evaluate_ranker(ranker, valid, titles, progress=False)["NDCG@10"]
         seconds += time.time() - started
         log.append({"epoch": epoch, "loss": round(total / len(order), 4), "valid_ndcg@10": ndcg, "minutes": round(seconds / 60, 2)})

@@ -62,7 +62,7 @@ class Services:
         self.builder = PromptBuilder.from_model_config(tokenizer, config)
         self.catalog = CatalogCache(self.store, self.builder, ItemCodes.load(settings.model_path))
         self.engine = Engine(settings)
-        self.recommender = Recommender(settings, self.store, self.catalog, self.engine, self.builder)
+        self.recommender = Recommender(settings, self.store, self.catalog, self.engine)
         self._watchers: list[asyncio.Task] = []
         self.engine_failed = False
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
+from hatllm.catalog import ModelCatalog
 from hatllm.item_codes import ItemCodes
 from hatllm.prompt import PromptBuilder
 from hatllm.trie import TitleTrie
@@ -29,9 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CatalogSnapshot:
     version: int
-    titles: dict[str, str]
-    codes: dict[str, tuple[int, ...]] | None  # every item's code, for a model trained with item codes
-    trie: TitleTrie
+    model: ModelCatalog  # titles, codes, trie and prompts as the served checkpoint sees them
     popular: list[str]  # item ids, most interacted first (cold start, and the trie's tie order)
 
     @classmethod
@@ -39,11 +38,15 @@ class CatalogSnapshot:
               item_codes: ItemCodes | None = None):
         counts = Counter({item: popularity.get(item, 0) for item in titles})
         popular = sorted(titles, key=lambda item: (-counts[item], item))
-        codes = item_codes.for_catalog(titles, builder.title_tokens) if item_codes else None
-        return cls(version, titles, codes, TitleTrie.from_catalog(titles, builder, counts, codes), popular)
+        return cls(version, ModelCatalog.build(builder, titles, item_codes, counts), popular)
 
-    def prompt(self, builder: PromptBuilder, history: list[str]) -> list[int]:
-        return builder.item_prompt(history, self.titles, self.codes)
+    @property
+    def titles(self) -> dict[str, str]:
+        return self.model.titles
+
+    @property
+    def trie(self) -> TitleTrie:
+        return self.model.trie
 
 
 class CatalogCache:

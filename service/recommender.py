@@ -11,7 +11,6 @@ import asyncio
 import time
 from contextlib import contextmanager
 
-from hatllm.prompt import PromptBuilder
 
 from . import metrics
 from .catalog import CatalogCache, CatalogSnapshot
@@ -32,8 +31,8 @@ def stage(name: str):
 
 
 class Recommender:
-    def __init__(self, settings: Settings, store: Store, catalog: CatalogCache, engine: Engine, builder: PromptBuilder):
-        self.settings, self.store, self.catalog, self.engine, self.builder = settings, store, catalog, engine, builder
+    def __init__(self, settings: Settings, store: Store, catalog: CatalogCache, engine: Engine):
+        self.settings, self.store, self.catalog, self.engine = settings, store, catalog, engine
         self.in_flight = 0
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
@@ -55,7 +54,7 @@ class Recommender:
                                retry_after=self.settings.retry_after_s)
         recent = history[-self.settings.max_history:]  # the prompt's items; exclusion covers all of history
         with stage("prompt"):
-            prompt = snapshot.prompt(self.builder, recent)
+            prompt = snapshot.model.prompt(recent)
             view = snapshot.trie.view(allow=allow, deny=deny)
         if len(prompt) + snapshot.trie.longest_path > self.settings.max_model_len:
             raise ServiceError(422, "history_too_long", f"the prompt ({len(prompt)} tokens) leaves no room for a title "

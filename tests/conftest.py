@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from hatllm.item_codes import ItemCodes
 from hatllm.masks import parse_schedule
 from hatllm.modeling import HAT_ATTENTION, make_config, save_model
 from hatllm.prompt import DEFAULT_INSTRUCTION, PromptBuilder
@@ -23,9 +24,18 @@ TITLES = {
 }
 
 
+CODE_TOKENS = ItemCodes.code_tokens(len(TITLES))
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
-    return train_tokenizer([*TITLES.values(), DEFAULT_INSTRUCTION], vocab_size=300)
+    """Title BPE plus one code token per item, as the training recipe builds it."""
+    return train_tokenizer([*TITLES.values(), DEFAULT_INSTRUCTION], vocab_size=300, code_tokens=CODE_TOKENS)
+
+
+@pytest.fixture(scope="session")
+def item_codes(tokenizer) -> ItemCodes:
+    return ItemCodes({item: (code,) for item, code in zip(sorted(TITLES), tokenizer.convert_tokens_to_ids(CODE_TOKENS))})
 
 
 @pytest.fixture(scope="session")
@@ -50,10 +60,11 @@ def hat_model(tokenizer, builder):
 
 
 @pytest.fixture(scope="session")
-def hat_checkpoint(tokenizer, builder, tmp_path_factory) -> Path:
-    """The tiny HatLLM model saved as a checkpoint vLLM can serve."""
+def hat_checkpoint(tokenizer, builder, item_codes, tmp_path_factory) -> Path:
+    """The tiny HatLLM model saved as a checkpoint vLLM can serve, with item codes."""
     path = tmp_path_factory.mktemp("hat-checkpoint") / "hat"
     save_model(tiny_model(tokenizer, builder, "IN,OR,CR", seed=1), tokenizer, path)
+    item_codes.save(path)
     return path
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hatllm.beam_search import TrieBeamSearch, constrained_beam_search, prompt_logits_batch, renormalised
+from hatllm.catalog import ModelCatalog
 from hatllm.item_codes import ItemCodes
 from hatllm.modeling import HAT_ATTENTION, make_config
 from hatllm.prompt import DEFAULT_INSTRUCTION, PromptBuilder
@@ -46,9 +47,9 @@ def test_new_item_shares_the_code_of_its_nearest_titled_item():
     assert trie.leaf_of["new1"] != trie.leaf_of[[i for i, c in codes.codes.items() if c == resolved["new1"]][0]]
 
 
-def test_prompt_puts_the_code_first_in_each_item(builder):
+def test_prompt_puts_the_code_first_in_each_item():
     tokenizer, builder, codes = coded_setup()
-    ids = builder.item_prompt(["3", "7"], TITLES, codes.codes)
+    ids = ModelCatalog.build(builder, TITLES, codes).prompt(["3", "7"])
     start = len(builder.prefix())
     assert ids[start : start + 2] == [builder.item_open_id, codes.codes["3"][0]]
     assert ids == builder.prompt([TITLES["3"], TITLES["7"]], [codes.codes["3"], codes.codes["7"]])
@@ -64,9 +65,9 @@ def test_search_over_codes_is_one_model_step_and_ranks_by_the_code_softmax():
     from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM(config).eval()
-    resolved = codes.for_catalog(TITLES, builder.title_tokens)
-    trie = TitleTrie.from_catalog(TITLES, builder, Counter(), resolved)
-    prompts = [builder.item_prompt(h, TITLES, resolved) for h in (["1", "2"], ["3"], ["8", "1", "6"])]
+    catalog = ModelCatalog.build(builder, TITLES, codes)
+    resolved, trie = catalog.codes, catalog.trie
+    prompts = [catalog.prompt(h) for h in (["1", "2"], ["3"], ["8", "1", "6"])]
     firsts = prompt_logits_batch(model, prompts, tokenizer.pad_token_id)
     for prompt, first, deny in zip(prompts, firsts, (["1", "2"], ["3"], ["8"])):
         view = trie.view(deny=deny)

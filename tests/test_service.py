@@ -21,7 +21,7 @@ import uvicorn
 
 from hatllm.beam_search import constrained_beam_search
 from hatllm.modeling import load_model
-from hatllm.trie import TitleTrie
+from hatllm.catalog import ModelCatalog
 from tests.conftest import TITLES
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -131,9 +131,10 @@ def test_recommendation_equals_reference_search(client, hat_checkpoint, builder)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["strategy"] == "model" and body["history_length"] == 3 and body["catalog_version"] == 1
-    trie = TitleTrie.from_catalog(TITLES, builder, POPULARITY)
-    prompt = builder.prompt([TITLES[i] for i in HISTORIES["alice"]])
-    ref = constrained_beam_search(load_model(hat_checkpoint), prompt, trie.view(deny=HISTORIES["alice"]), 4, 4)
+    catalog = ModelCatalog.for_checkpoint(hat_checkpoint, TITLES, POPULARITY)
+    prompt = catalog.prompt(HISTORIES["alice"])
+    assert catalog.codes and prompt[len(builder.prefix()) + 1] == catalog.codes[HISTORIES["alice"][0]][0]
+    ref = constrained_beam_search(load_model(hat_checkpoint), prompt, catalog.trie.view(deny=HISTORIES["alice"]), 4, 4)
     assert [i["item_id"] for i in body["items"]] == [item for item, _ in ref.items]
     assert [i["score"] for i in body["items"]] == pytest.approx([s for _, s in ref.items], abs=1e-4)
     assert [i["rank"] for i in body["items"]] == [1, 2, 3, 4]
