@@ -29,6 +29,7 @@ import torch
 from transformers import DynamicCache
 
 from .modeling import forward, logits
+from .fusion import ItemPrior
 from .trie import ROOT, TrieView
 
 
@@ -52,10 +53,11 @@ class SearchResult:
 
 
 class TrieBeamSearch:
-    def __init__(self, view: TrieView, num_items: int, beam_width: int):
+    def __init__(self, view: TrieView, num_items: int, beam_width: int, prior: ItemPrior | None = None):
+        """`prior`: a second recommender fused into every step's scores (`fusion`); None for the LLM alone."""
         if num_items < 1 or beam_width < 1:
             raise ValueError("num_items and beam_width must be at least 1")
-        self.view, self.num_items, self.beam_width = view, num_items, beam_width
+        self.view, self.num_items, self.beam_width, self.prior = view, num_items, beam_width, prior
         self.finished: list[tuple[float, int]] = []  # (score, leaf)
         self.active: list[Beam] = []
         self.model_steps = 0
@@ -68,6 +70,10 @@ class TrieBeamSearch:
 
     def allowed_tokens(self, beam: Beam) -> list[int]:
         return [tok for tok, _ in self.view.allowed(beam.node)]
+
+    def logit_bias(self, beam: Beam) -> dict[int, float] | None:
+        """What to add to the model's logits of the allowed tokens before renormalising (fusion)."""
+        return self.prior.logit_bias(beam.node) if self.prior is not None else None
 
     def advance(self, logprobs: Sequence[Mapping[int, float]]) -> None:
         """`logprobs[i]`: allowed next tokens of `active[i]` -> log-probability renormalised over the
@@ -118,9 +124,12 @@ class TrieBeamSearch:
         return SearchResult(self.ranked(), self.model_steps, self.view.live_count(ROOT))
 
 
-def renormalised(next_logits: torch.Tensor, allowed: list[int]) -> dict[int, float]:
-    """Log-probabilities of the allowed tokens under the distribution restricted to them."""
-    return dict(zip(allowed, next_logits[allowed].log_softmax(-1).tolist()))
+def renormalised(next_logits: torch.Tensor, allowed: list[int], bias: dict[int, float] | None = None) -> dict[int, float]:
+    """Log-probabilities of the allowed tokens under the distribution restricted to them (after `bias`)."""
+    scores = next_logits[allowed]
+    if bias is not None:
+        scores = scores + torch.tensor([bias[tok] for tok in allowed], dtype=scores.dtype)
+    return dict(zip(allowed, scores.log_softmax(-1).tolist()))
 
 
 @torch.no_grad()
@@ -136,11 +145,11 @@ def prompt_logits_batch(model, prompts: list[list[int]], pad_id: int) -> list[to
 
 @torch.no_grad()
 def constrained_beam_search(model, prompt: list[int], view: TrieView, num_items: int, beam_width: int,
-                            prompt_logits: torch.Tensor | None = None) -> SearchResult:
+                            prompt_logits: torch.Tensor | None = None, prior: ItemPrior | None = None) -> SearchResult:
     """The reference driver: the HF model, one beam at a time on top of the prompt's KV cache.
     `prompt_logits` (from `prompt_logits_batch`) saves the prompt's forward when no beam goes deeper."""
     cache = None
-    search = TrieBeamSearch(view, num_items, beam_width)
+    search = TrieBeamSearch(view, num_items, beam_width, prior)
     while not search.done:
         answers = []
         for beam in search.active:
@@ -152,6 +161,6 @@ def constrained_beam_search(model, prompt: list[int], view: TrieView, num_items:
                 hidden = forward(model, torch.tensor([prompt + list(beam.tokens)]), cache=cache).hidden
                 next_logits = logits(model, hidden[0, -1])
                 cache.crop(len(prompt))
-            answers.append(renormalised(next_logits, search.allowed_tokens(beam)))
+            answers.append(renormalised(next_logits, search.allowed_tokens(beam), search.logit_bias(beam)))
         search.advance(answers)
     return search.result()

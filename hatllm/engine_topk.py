@@ -30,6 +30,7 @@ from vllm.sampling_params import RequestOutputKind
 from model_patch.kv_tail import DEFAULT_MAX_TAILS, kv_tail_transfer_config
 
 from .beam_search import Beam, SearchResult, TrieBeamSearch
+from .fusion import ItemPrior
 from .trie import TrieView
 
 MAX_BEAM_WIDTH = 100
@@ -88,11 +89,12 @@ class EngineTopK:
         self.engine = engine
         self._ids = itertools.count()
 
-    async def search(self, prompt: list[int], view: TrieView, num_items: int, beam_width: int | None = None) -> SearchResult:
+    async def search(self, prompt: list[int], view: TrieView, num_items: int, beam_width: int | None = None,
+                     prior: ItemPrior | None = None) -> SearchResult:
         beam_width = beam_width or num_items
         if not 1 <= beam_width <= MAX_BEAM_WIDTH:
             raise ValueError(f"beam_width must be in 1..{MAX_BEAM_WIDTH}, got {beam_width}")
-        search = TrieBeamSearch(view, num_items, beam_width)
+        search = TrieBeamSearch(view, num_items, beam_width, prior)
         while not search.done:
             answers = await asyncio.gather(*(self._score(prompt, beam, search) for beam in search.active))
             search.advance(answers)
@@ -102,7 +104,7 @@ class EngineTopK:
         allowed = search.allowed_tokens(beam)
         params = SamplingParams(
             max_tokens=1, temperature=0.0, allowed_token_ids=allowed, logprobs=search.beam_width,
-            detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
+            logit_bias=search.logit_bias(beam), detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
         )
         request_id = f"topk-{next(self._ids)}"
         final = None

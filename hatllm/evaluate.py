@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 from .baselines.popular import PopularRanker
-from .baselines.sasrec import SASRecRanker
+from .baselines.sasrec import SASRecRanker, load_fusion
 from .beam_search import constrained_beam_search, prompt_logits_batch
 from .data import DEFAULT_MAX_HISTORY, leave_one_out, load_dataset
 from .catalog import ModelCatalog
+from .fusion import ItemPrior
 from .metrics import CUTOFFS, evaluate_ranker
 from .modeling import load_model
 
@@ -33,25 +34,42 @@ class LLMRanker:
 
     name = "llm"
 
-    def __init__(self, model, catalog: ModelCatalog, beam_width: int | None = None, batch_size: int = 32):
+    def __init__(self, model, catalog: ModelCatalog, beam_width: int | None = None, batch_size: int = 32,
+                 prior: SASRecRanker | None = None, fusion_weight: float = 0.0):
         self.model, self.catalog = model, catalog
         self.beam_width, self.batch_size = beam_width, batch_size
+        self.prior, self.fusion_weight = prior, fusion_weight
         self.model_steps = 0
         self.name = "hatllm" if set(model.config.hat_layer_types) != {"OR"} else "causal"
+        self._first_logits: dict[tuple[int, ...], torch.Tensor] = {}  # prompt -> first-step logits (fusion sweeps)
 
     @classmethod
-    def load(cls, path: str | Path, titles: dict[str, str], popularity, beam_width: int | None = None) -> "LLMRanker":
-        return cls(load_model(path), ModelCatalog.for_checkpoint(path, titles, popularity), beam_width)
+    def load(cls, path: str | Path, titles: dict[str, str], popularity, beam_width: int | None = None,
+             fusion: bool = True) -> "LLMRanker":
+        prior, weight = (load_fusion(path) if fusion else None) or (None, 0.0)
+        return cls(load_model(path), ModelCatalog.for_checkpoint(path, titles, popularity), beam_width,
+                   prior=prior, fusion_weight=weight)
+
+    def first_logits(self, prompts: list[list[int]]) -> list[torch.Tensor]:
+        missing = [p for p in prompts if tuple(p) not in self._first_logits]
+        if missing:
+            pad_id = self.catalog.builder.tokenizer.pad_token_id
+            self._first_logits.update(zip(map(tuple, missing), prompt_logits_batch(self.model, missing, pad_id)))
+        return [self._first_logits[tuple(p)] for p in prompts]
 
     def rank_batch(self, histories: list[tuple[str, ...]], k: int, excludes: list[set[str]]) -> list[list[tuple[str, float]]]:
         out = []
-        pad_id = self.catalog.builder.tokenizer.pad_token_id
+        fused = self.prior is not None and self.fusion_weight > 0
         for start in range(0, len(histories), self.batch_size):
-            prompts = [self.catalog.prompt(h) for h in histories[start : start + self.batch_size]]
-            firsts = prompt_logits_batch(self.model, prompts, pad_id)
-            for prompt, first, exclude in zip(prompts, firsts, excludes[start : start + self.batch_size]):
-                result = constrained_beam_search(self.model, prompt, self.catalog.trie.view(deny=exclude), k,
-                                                 self.beam_width or k, prompt_logits=first)
+            batch = histories[start : start + self.batch_size]
+            prompts = [self.catalog.prompt(h) for h in batch]
+            priors = self.prior.log_probs_batch(batch) if fused else [None] * len(batch)
+            for prompt, first, exclude, log_probs in zip(prompts, self.first_logits(prompts),
+                                                         excludes[start : start + self.batch_size], priors):
+                view = self.catalog.trie.view(deny=exclude)
+                prior = ItemPrior(view, log_probs, self.fusion_weight) if fused else None
+                result = constrained_beam_search(self.model, prompt, view, k, self.beam_width or k,
+                                                 prompt_logits=first, prior=prior)
                 self.model_steps += result.model_steps
                 out.append(result.items)
         return out
@@ -78,6 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--users", type=int, help="evaluate a seeded random sample of this many users")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-seen", action="store_true", help="do not exclude the user's earlier items")
+    p.add_argument("--no-fusion", action="store_true", help="rank by the LLM alone, even if the checkpoint fuses a prior")
     p.add_argument("--name", help="row name in the report (default: method or schedule)")
     p.add_argument("--out", help="write the result JSON here")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small per-step batches gain little from more)")
@@ -96,10 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.method == "sasrec":
         ranker = SASRecRanker.load(args.model)
     else:
-        ranker = LLMRanker.load(args.model, titles, split.popularity(), args.beam_width)
+        ranker = LLMRanker.load(args.model, titles, split.popularity(), args.beam_width, fusion=not args.no_fusion)
     result = evaluate_ranker(ranker, examples, titles, args.k, not args.keep_seen)
-    if hasattr(ranker, "model_steps"):
+    if isinstance(ranker, LLMRanker):
         result["model_steps_per_user"] = round(ranker.model_steps / max(len(examples), 1), 2)
+        result["fusion_weight"] = ranker.fusion_weight if ranker.prior is not None else None
     name = args.name or ranker.name
     result.update(method=name, dataset=dataset.name, split=args.split, model=args.model, max_history=args.max_history,
                   seen_excluded=not args.keep_seen)

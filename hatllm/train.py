@@ -119,6 +119,14 @@ class CodeObjective:
                                                          log_target=True, reduction="batchmean")
         return loss
 
+    @torch.no_grad()
+    def init_codes_from_teacher(self, model) -> None:
+        """Start each code embedding from the teacher's item embedding (its first dims, rescaled to the
+        model's init scale): the collaborative geometry is there from the first step."""
+        source = self.teacher.model.item_emb.weight[1:][self.teacher_order]
+        source = source * (model.config.initializer_range / source.std())
+        model.get_input_embeddings().weight[self.code_ids, : source.shape[1]] = source
+
     def teacher_scores(self, item_windows: list[list[str]]) -> torch.Tensor:
         """The teacher's scores for every item after each prefix of each window, in code order."""
         from .baselines.sasrec import left_pad
@@ -156,7 +164,14 @@ def build_model(args, titles: dict[str, str], item_ids: list[str]):
     config.hat_max_history = args.max_history
     config._attn_implementation = HAT_ATTENTION
     torch.manual_seed(args.seed)
-    return tokenizer, builder, codes, LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    if codes and args.code_logit_range:
+        # Code logits are h . e with unit-RMS h and init-sized e: about +-0.2, far too flat for a softmax over
+        # thousands of items (a teacher's top item has ~10%). A larger final-norm gain lets the first
+        # epochs learn which item, not the logit scale.
+        with torch.no_grad():
+            model.model.norm.weight.fill_(args.code_logit_range / (config.hidden_size * config.initializer_range))
+    return tokenizer, builder, codes, model
 
 
 def parse_args(argv: list[str] | None):
@@ -170,6 +185,9 @@ def parse_args(argv: list[str] | None):
                    help="one collaborative code token per item (default); --no-item-codes: titles only")
     p.add_argument("--teacher", help="SASRec checkpoint folder to distil (item-code recipe)")
     p.add_argument("--distill-weight", type=float, default=1.0)
+    p.add_argument("--teacher-init", action="store_true", help="start the code embeddings from the teacher's")
+    p.add_argument("--code-logit-range", type=float, default=10.0,
+                   help="largest code logit at init (sets the final norm's gain; 0: leave it at 1)")
     p.add_argument("--epochs", type=int, default=100, help="most epochs (early stopping usually ends sooner)")
     p.add_argument("--patience", type=int, default=5, help="epochs without a better validation NDCG@10 before stopping")
     p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this training time")
@@ -190,6 +208,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     if args.teacher and not args.item_codes:
         raise SystemExit("--teacher needs the item-code recipe")
+    if args.teacher_init and not args.teacher:
+        raise SystemExit("--teacher-init needs --teacher")
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -225,11 +245,13 @@ def main(argv: list[str] | None = None) -> Path:
     steps_per_epoch = math.ceil(len(windows) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, min(total_steps // 20, 2 * steps_per_epoch))
+    warmup = max(1, min(total_steps // 20, steps_per_epoch // 2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
     )
     log, best, best_epoch, epoch, seconds = [], -1.0, 0, 0, 0.0
+    if args.teacher_init and state is None:
+        objective.init_codes_from_teacher(model)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -50,6 +50,24 @@ class TitleTrie:
         key = tie_order or (lambda item: item)
         for items in self.items_at.values():
             items.sort(key=key)
+        self._index_subtrees()
+
+    def _index_subtrees(self) -> None:
+        """Number items in depth-first order, so that every node's items are one range
+        ``item_order[span_start[node]:span_end[node]]`` (prefix sums over it give any subtree's total)."""
+        self.item_order: list[str] = []
+        self.span_start = [0] * len(self.children)
+        self.span_end = [0] * len(self.children)
+        stack = [(ROOT, False)]
+        while stack:
+            node, done = stack.pop()
+            if done:
+                self.span_end[node] = len(self.item_order)
+                continue
+            self.span_start[node] = len(self.item_order)
+            self.item_order += self.items_at.get(node, [])
+            stack.append((node, True))
+            stack += [(child, False) for child in reversed(self.children[node].values())]
 
     @classmethod
     def from_catalog(cls, titles: Mapping[str, str], builder, popularity: Counter | None = None,

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from transformers import AutoConfig, AutoTokenizer
 
+from hatllm.baselines.sasrec import load_fusion
 from hatllm.item_codes import ItemCodes
 from hatllm.prompt import PromptBuilder
 
@@ -62,7 +63,8 @@ class Services:
         self.builder = PromptBuilder.from_model_config(tokenizer, config)
         self.catalog = CatalogCache(self.store, self.builder, ItemCodes.load(settings.model_path))
         self.engine = Engine(settings)
-        self.recommender = Recommender(settings, self.store, self.catalog, self.engine)
+        fusion = load_fusion(settings.model_path) if settings.fusion else None
+        self.recommender = Recommender(settings, self.store, self.catalog, self.engine, fusion)
         self._watchers: list[asyncio.Task] = []
         self.engine_failed = False
 

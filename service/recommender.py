@@ -11,6 +11,8 @@ import asyncio
 import time
 from contextlib import contextmanager
 
+from hatllm.baselines.sasrec import SASRecRanker
+from hatllm.fusion import ItemPrior
 
 from . import metrics
 from .catalog import CatalogCache, CatalogSnapshot
@@ -31,8 +33,12 @@ def stage(name: str):
 
 
 class Recommender:
-    def __init__(self, settings: Settings, store: Store, catalog: CatalogCache, engine: Engine):
+    def __init__(self, settings: Settings, store: Store, catalog: CatalogCache, engine: Engine,
+                 fusion: tuple[SASRecRanker, float] | None = None):
+        """`fusion`: the SASRec prior and its weight fused into the search (`hatllm.fusion`), or None."""
         self.settings, self.store, self.catalog, self.engine = settings, store, catalog, engine
+        self.prior, self.fusion_weight = fusion or (None, 0.0)
+        self.pipeline = "llm+sasrec" if self.prior is not None else "llm"
         self.in_flight = 0
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
@@ -56,17 +62,22 @@ class Recommender:
         with stage("prompt"):
             prompt = snapshot.model.prompt(recent)
             view = snapshot.trie.view(allow=allow, deny=deny)
+        prior = None
+        if self.prior is not None:
+            with stage("prior"):
+                log_probs = (await asyncio.to_thread(self.prior.log_probs_batch, [tuple(recent)]))[0]
+                prior = ItemPrior(view, log_probs, self.fusion_weight)
         if len(prompt) + snapshot.trie.longest_path > self.settings.max_model_len:
             raise ServiceError(422, "history_too_long", f"the prompt ({len(prompt)} tokens) leaves no room for a title "
                                                         f"within max_model_len={self.settings.max_model_len}")
         with stage("decode"):
-            result = await self._decode(prompt, view, req.k)
+            result = await self._decode(prompt, view, req.k, prior)
         metrics.ENGINE_STEPS.observe(result.model_steps)
         items = [RecommendedItem(rank=r, item_id=item, title=snapshot.titles[item], score=score)
                  for r, (item, score) in enumerate(result.items, 1)]
         return RecommendResponse(user_id=req.user_id, items=items, model=self.engine.name,
                                  catalog_version=snapshot.version, history_length=len(recent),
-                                 strategy="model", exhausted=len(items) < req.k)
+                                 strategy="model", exhausted=len(items) < req.k, pipeline=self.pipeline)
 
     async def _history(self, req: RecommendRequest, snapshot: CatalogSnapshot) -> list[str]:
         if req.history is not None:
@@ -84,9 +95,9 @@ class Recommender:
         items = [RecommendedItem(rank=r, item_id=i, title=snapshot.titles[i], score=None) for r, i in enumerate(picked, 1)]
         return RecommendResponse(user_id=req.user_id, items=items, model=self.engine.name,
                                  catalog_version=snapshot.version, history_length=0, strategy="cold_start_popular",
-                                 exhausted=len(items) < req.k)
+                                 exhausted=len(items) < req.k, pipeline="popular")
 
-    async def _decode(self, prompt: list[int], view, k: int):
+    async def _decode(self, prompt: list[int], view, k: int, prior: ItemPrior | None):
         if self.in_flight >= self.settings.max_in_flight:
             metrics.SHED.labels("queue_full").inc()
             raise ServiceError(429, "overloaded", "too many recommendations in progress",
@@ -95,7 +106,7 @@ class Recommender:
         metrics.QUEUE_DEPTH.set(self.in_flight)
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                return await self.engine.topk.search(prompt, view, k, max(self.settings.beam_width or k, k))
+                return await self.engine.topk.search(prompt, view, k, max(self.settings.beam_width or k, k), prior)
         except TimeoutError:
             metrics.SHED.labels("timeout").inc()
             raise ServiceError(503, "timeout", f"no answer within {self.settings.request_timeout_s} s",

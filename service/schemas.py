@@ -45,6 +45,8 @@ class RecommendResponse(BaseModel):
     strategy: Literal["model", "cold_start_popular"] = Field(
         description="cold_start_popular: no usable history, most popular items (not a model answer)")
     exhausted: bool = Field(description="true when fewer than k items could be recommended at all")
+    pipeline: str = Field(description="what ranked the items: 'llm', 'llm+sasrec' (decode-time fusion) or "
+                                      "'popular' (cold start)")
 
 
 class Event(Strict):

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     history_cap: int = Field(200, ge=1, description="items kept per user in Redis (older ones are trimmed)")
     max_k: int = Field(100, ge=1, le=100, description="largest k a request may ask for")
     beam_width: int | None = Field(None, ge=1, le=100, description="beam width; at least the request's k (default: k)")
+    fusion: bool = Field(True, description="fuse the checkpoint's SASRec prior into the search (its fusion.json), "
+                                           "if it has one")
 
     # Protection
     max_in_flight: int = Field(64, ge=1, description="recommendations being decoded at once; more get 429")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
+from hatllm.baselines.sasrec import SASRec, SASRecRanker, save_fusion
 from hatllm.item_codes import ItemCodes
 from hatllm.masks import parse_schedule
 from hatllm.modeling import HAT_ATTENTION, make_config, save_model
@@ -61,10 +62,15 @@ def hat_model(tokenizer, builder):
 
 @pytest.fixture(scope="session")
 def hat_checkpoint(tokenizer, builder, item_codes, tmp_path_factory) -> Path:
-    """The tiny HatLLM model saved as a checkpoint vLLM can serve, with item codes."""
+    """The tiny HatLLM model saved as a checkpoint vLLM can serve, as the recipe ships one: with item codes
+    and a (random) SASRec prior fused into its search."""
     path = tmp_path_factory.mktemp("hat-checkpoint") / "hat"
     save_model(tiny_model(tokenizer, builder, "IN,OR,CR", seed=1), tokenizer, path)
     item_codes.save(path)
+    torch.manual_seed(2)
+    (path / "teacher").mkdir()
+    SASRecRanker(SASRec(len(TITLES), max_len=8), sorted(TITLES)).save(path / "teacher", {"hparams": {"max_len": 8}})
+    save_fusion(path, path / "teacher", 1.5)
     return path
 
 

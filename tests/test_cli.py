@@ -77,8 +77,24 @@ def test_teacher_targets_are_the_teachers_scores_in_code_order(tiny_dataset, tea
         per_position = ranker.model.scores(ranker.model(seqs)[0, -(len(window) - 1):])
     assert torch.allclose(targets, per_position[:, [ranker.index[i] - 1 for i in item_ids]], atol=1e-5)
     assert torch.equal(targets[-1].argmax(), torch.tensor(item_ids.index(ranker.item_ids[per_position[-1].argmax()])))
-    train.main(["--data", str(tiny_dataset), "--out", str(tmp_path), *TINY, "--epochs", "2", "--teacher", str(teacher)])
+    train.main(["--data", str(tiny_dataset), "--out", str(tmp_path), *TINY, "--epochs", "2", "--teacher", str(teacher),
+                "--teacher-init"])
     assert losses(tmp_path)[-1] < losses(tmp_path)[0]
+
+
+def test_teacher_init_copies_the_teachers_item_geometry(teacher, tiny_dataset):
+    from hatllm.baselines.sasrec import SASRecRanker
+
+    args = train.parse_args(["--data", str(tiny_dataset), "--out", "unused", *TINY])
+    titles = {i: f"title {i}" for i in sorted(SASRecRanker.load(teacher).item_ids)}
+    _, _, codes, model = train.build_model(args, titles, sorted(titles))
+    ranker = SASRecRanker.load(teacher)
+    objective = train.CodeObjective(codes, sorted(titles), ranker)
+    objective.init_codes_from_teacher(model)
+    student = model.get_input_embeddings().weight[objective.code_ids, :64].detach()
+    source = ranker.model.item_emb.weight[1:][objective.teacher_order].detach()
+    assert torch.allclose(student / student.norm(dim=1, keepdim=True), source / source.norm(dim=1, keepdim=True), atol=1e-5)
+    assert torch.equal(model.lm_head.weight, model.get_input_embeddings().weight)  # tied: scoring uses them too
 
 
 def test_load_refuses_config_without_schedule(trained, tmp_path):

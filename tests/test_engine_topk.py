@@ -129,23 +129,32 @@ def test_beam_request_reuses_the_prompts_partial_block(engine_search, hat_checkp
     assert run(generate(other + beam, "tail-mismatch")).num_cached_tokens == aligned
 
 
-def test_coded_catalog_on_the_engine_equals_reference(engine_search, hat_checkpoint):
+@pytest.mark.parametrize("fused", [False, True])
+def test_coded_catalog_on_the_engine_equals_reference(engine_search, hat_checkpoint, fused):
     """The recipe's prompts and trie: codes first, titles forced after them; an item added after training
-    shares a code, so its branch needs title steps too. Same items and scores as the reference search."""
+    shares a code, so its branch needs title steps too; with the checkpoint's SASRec prior fused in (sent
+    to the engine as logit_bias) or not. Same items and scores as the reference search."""
+    from hatllm.baselines.sasrec import load_fusion
     from hatllm.catalog import ModelCatalog
+    from hatllm.fusion import ItemPrior
 
     run, topk = engine_search
     catalog = ModelCatalog.for_checkpoint(hat_checkpoint, dict(TITLES, new="Toy Story 3 (2010)"), Counter({"5": 3}))
     assert sum(code == catalog.codes["new"] for code in catalog.codes.values()) == 2
-    cases = [(catalog.prompt(h), catalog.trie.view(deny=h)) for h in (["1", "2"], ["3", "new"], ["8"], ["7", "4", "2"])]
+    sasrec, weight = load_fusion(hat_checkpoint)
+    cases = []
+    for history in (["1", "2"], ["3", "new"], ["8"], ["7", "4", "2"]):
+        view = catalog.trie.view(deny=history)
+        prior = ItemPrior(view, sasrec.log_probs_batch([tuple(history)])[0], weight) if fused else None
+        cases.append((catalog.prompt(history), view, prior))
 
     async def all_searches():
-        return await asyncio.gather(*(topk.search(p, v, 9, 4) for p, v in cases))
+        return await asyncio.gather(*(topk.search(p, v, 9, 4, prior) for p, v, prior in cases))
 
     model = load_model(hat_checkpoint)
     steps = []
-    for (prompt, view), got in zip(cases, run(all_searches())):
-        ref = constrained_beam_search(model, prompt, view, 9, 4)
+    for (prompt, view, prior), got in zip(cases, run(all_searches())):
+        ref = constrained_beam_search(model, prompt, view, 9, 4, prior=prior)
         assert [item for item, _ in got.items] == [item for item, _ in ref.items]
         assert [s for _, s in got.items] == pytest.approx([s for _, s in ref.items], abs=TOL)
         assert all(view.is_live(item) for item, _ in got.items) and got.model_steps == ref.model_steps

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import random
 import time
 from pathlib import Path
@@ -78,6 +79,14 @@ class SASRecRanker:
         seqs = left_pad([[self.index[i] for i in h] for h in histories], self.model.max_len)
         return self.model.scores(self.model(seqs)[:, -1])
 
+    def log_probs_batch(self, histories: list[tuple[str, ...]]) -> list[dict[str, float]]:
+        """Item id -> log-probability of being next, per history (a fusion prior, `hatllm.fusion`). Items
+        it was not trained on are left out of the histories; with none left it has no opinion ({})."""
+        known = [tuple(i for i in h if i in self.index) for h in histories]
+        rows = self.score_batch([h for h in known if h]).log_softmax(-1) if any(known) else []
+        rows = iter(rows)
+        return [dict(zip(self.item_ids, next(rows).tolist())) if h else {} for h in known]
+
     def rank_batch(self, histories: list[tuple[str, ...]], k: int, excludes: list[set[str]]) -> list[list[tuple[str, float]]]:
         scores = self.score_batch(histories)
         out = []
@@ -97,6 +106,24 @@ class SASRecRanker:
         model = SASRec(len(state["item_ids"]), **state["hparams"])
         model.load_state_dict(state["model"])
         return cls(model, state["item_ids"])
+
+
+FUSION_FILE = "fusion.json"
+
+
+def save_fusion(model_dir: str | Path, prior_dir: str | Path, weight: float) -> None:
+    """Record in an LLM checkpoint that its search fuses this SASRec with this weight."""
+    prior = os.path.relpath(Path(prior_dir).resolve(), Path(model_dir).resolve())
+    (Path(model_dir) / FUSION_FILE).write_text(json.dumps({"prior": str(prior), "weight": weight}) + "\n")
+
+
+def load_fusion(model_dir: str | Path) -> tuple[SASRecRanker, float] | None:
+    """The SASRec prior and weight an LLM checkpoint is served with; None if it has none."""
+    path = Path(model_dir) / FUSION_FILE
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    return SASRecRanker.load(Path(model_dir) / config["prior"]), float(config["weight"])
 
 
 def training_windows(split: Split, index: dict[str, int]) -> list[list[int]]:
