@@ -138,3 +138,24 @@ def test_sensitivity_table_reads_schedule_and_loss_from_the_checkpoint(trained, 
     assert "| IN,OR,CR | 1 | 1 | 1 | 0 |" in table and "| tiny |" in table and f"| {ndcg:.4f} |" in table
     assert (tmp_path / "table.md").read_text().strip() == table
     assert (tmp_path / "sensitivity.png").stat().st_size > 0
+
+
+def test_recipe_trains_teacher_student_and_fusion(tiny_dataset, tmp_path):
+    from hatllm import recipe
+    from hatllm.baselines.sasrec import load_fusion
+
+    out = tmp_path / "recipe"
+    args = ["--data", str(tiny_dataset), "--out", str(out), "--tune-users", "12", "--",
+            "--size", "tiny", "--vocab-size", "300", "--batch-size", "4", "--epochs", "2"]
+    recipe.main(args)
+    record = json.loads((out / "recipe.json").read_text())
+    assert record["total_minutes"] < 5 and record["fusion_weight"] >= 0
+    prior, weight = load_fusion(out)
+    assert weight == record["fusion_weight"] and prior.item_ids == sorted(prior.item_ids)
+    assert ItemCodes.load(out) is not None and (out / "teacher" / "sasrec.pt").is_file()
+    teacher_trained = (out / "teacher" / "sasrec.pt").stat().st_mtime
+    recipe.main(args)  # a rerun reuses the teacher and resumes the (finished) student
+    assert (out / "teacher" / "sasrec.pt").stat().st_mtime == teacher_trained
+    assert len(losses(out)) == 2
+    result = evaluate.main(["--data", str(tiny_dataset), "--method", "llm", "--model", str(out), "--k", "3"])
+    assert result["invalid_outputs"] == 0 and result["fusion_weight"] == weight
