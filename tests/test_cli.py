@@ -159,3 +159,15 @@ def test_recipe_trains_teacher_student_and_fusion(tiny_dataset, tmp_path):
     assert len(losses(out)) == 2
     result = evaluate.main(["--data", str(tiny_dataset), "--method", "llm", "--model", str(out), "--k", "3"])
     assert result["invalid_outputs"] == 0 and result["fusion_weight"] == weight
+
+
+def test_report_groups_seeds_into_mean_and_sd(tmp_path):
+    from hatllm import report
+
+    base = {m: 0.0 for m in report.METRICS} | {"users": 10}
+    for seed, ndcg in enumerate((0.1, 0.2, 0.3)):
+        (tmp_path / f"h{seed}.json").write_text(json.dumps(base | {"method": f"hatllm s{seed}", "NDCG@10": ndcg}))
+    (tmp_path / "p.json").write_text(json.dumps(base | {"method": "popular", "NDCG@10": 0.05}))
+    table = report.main([str(tmp_path)])
+    assert "| hatllm | 3 |" in table and "0.2000 ± 0.1000" in table and "| popular | 1 |" in table
+    assert (tmp_path / "metrics.png").stat().st_size > 0

@@ -1,17 +1,21 @@
-"""The shipped default model is a loadable HatLLM checkpoint trained with the documented command."""
+"""The shipped default model is a loadable HatLLM checkpoint made by the documented recipe."""
 
 import json
 
 from hatllm import default_model
+from hatllm.baselines.sasrec import load_fusion
+from hatllm.item_codes import ItemCodes
 from hatllm.modeling import load_model
 
 
 def test_default_model_is_shipped_and_loads():
     path = default_model.ensure_default_model()  # must not retrain: the checkpoint is in the repo
     model = load_model(path)
-    assert model.config.hat_layer_types == ["IN", "IN", "OR", "OR", "CR", "CR"]
+    assert model.config.hat_layer_types == ["IN", "OR", "OR", "CR"]
     assert json.loads((path / "config.json").read_text())["architectures"] == ["HatLlamaForCausalLM"]
     training = json.loads((path / "training.json").read_text())
-    args = training["args"]
-    assert [args["schedule"], args["size"], str(args["epochs"]).rstrip("0").rstrip("."), str(args["seed"])] == \
-        default_model.TRAIN_ARGS[1::2]
+    assert training["args"]["schedule"] == "hat" and training["args"]["teacher"] and training["args"]["teacher_init"]
+    codes = ItemCodes.load(path)
+    assert len(codes) == 9742 and len(set(codes.codes.values())) == 9742
+    prior, weight = load_fusion(path)
+    assert len(prior.item_ids) == 9742 and weight == json.loads((path / "recipe.json").read_text())["fusion_weight"]
