@@ -53,7 +53,7 @@ def load_setup(model: str, data: str, num_prompts: int):
     split = leave_one_out(dataset, getattr(AutoConfig.from_pretrained(model), "hat_max_history", 20))
     catalog = ModelCatalog.for_checkpoint(model, dataset.catalog.titles, split.popularity())
     users = random.Random(0).sample(split.test, num_prompts)
-    return [catalog.prompt(ex.history) for ex in users], catalog.trie, catalog.builder
+    return [catalog.prompt(ex.history) for ex in users], catalog.trie, catalog.builder, [ex.history for ex in users]
 
 
 def summary(latencies: list[float], wall: float, extra: dict | None = None) -> dict:
@@ -63,21 +63,28 @@ def summary(latencies: list[float], wall: float, extra: dict | None = None) -> d
                 recs_per_s=round(len(lat) / wall, 2), **(extra or {}))
 
 
-async def run_async(method: str, args, prompts, trie, builder) -> dict:
+async def run_async(method: str, args, prompts, trie, builder, histories) -> dict:
     from vllm import SamplingParams
 
+    from hatllm.baselines.sasrec import load_fusion
     from hatllm.engine_topk import EngineTopK, engine_args, start_engine
+    from hatllm.fusion import ItemPrior
 
     engine = start_engine(engine_args(args.model, kv_tails=args.kv_tails, dtype=args.dtype, block_size=args.block_size,
                                       distributed_executor_backend=args.executor, **ENGINE_KWARGS))
     topk = EngineTopK(engine)
     view = trie.view()
+    fusion = load_fusion(args.model) if args.fusion else None
     greedy = SamplingParams(max_tokens=64, temperature=0.0, stop_token_ids=[builder.item_close_id], detokenize=False)
 
     async def one(i: int, prompt: list[int]):
         started = time.perf_counter()
         if method == "engine":
-            result = await topk.search(prompt, view, K)
+            prior = None
+            if fusion is not None:  # as served: the SASRec prior of this user's history, in the timed path
+                sasrec, weight = fusion
+                prior = ItemPrior(view, (await asyncio.to_thread(sasrec.log_probs_batch, [histories[i]]))[0], weight)
+            result = await topk.search(prompt, view, K, prior=prior)
             titles = [trie.leaf_of[item] for item, _ in result.items]
             return time.perf_counter() - started, result.model_steps, titles
         async for _ in engine.generate({"prompt_token_ids": prompt}, greedy, f"floor-{i}-{started}"):
@@ -218,9 +225,9 @@ def report(results: dict, out: Path) -> None:
 
 
 def run_method(args) -> None:
-    prompts, trie, builder = load_setup(args.model, args.data, args.num_prompts)
+    prompts, trie, builder, histories = load_setup(args.model, args.data, args.num_prompts)
     if args.method in ("engine", "floor"):
-        result = asyncio.run(run_async(args.method, args, prompts, trie, builder))
+        result = asyncio.run(run_async(args.method, args, prompts, trie, builder, histories))
     elif args.method == "vllm_beam":
         result = run_vllm_beam(args, prompts, trie, builder)
     else:
@@ -243,6 +250,8 @@ def main() -> None:
                    help="(a) and (d): model worker inside the engine-core process (uni, as served) or its own (mp)")
     p.add_argument("--kv-tails", type=int, default=DEFAULT_MAX_TAILS,
                    help="partial last KV blocks kept for beams (model_patch.kv_tail) by engine and floor; 0: off")
+    p.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=True,
+                   help="engine: fuse the checkpoint's SASRec prior as the service does (if it has fusion.json)")
     p.add_argument("--out", default="docs/results/topk_decoding")
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)

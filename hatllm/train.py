@@ -289,11 +289,18 @@ def main(argv: list[str] | None = None) -> Path:
             save_checkpoint(model, tokenizer, codes, out)
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "log": log, "best": best, "best_epoch": best_epoch, "epoch": epoch, "seconds": seconds}, state_path)
-    meta.update(best_epoch=best_epoch, best_valid_ndcg=best, epochs_run=epoch, minutes=round(seconds / 60, 1), log=log)
-    (out / "training.json").write_text(json.dumps(meta, indent=1))
-    plot_validation(log, out / "training.png", f"{dataset.name} {args.schedule}")
+        write_progress(meta, log, best, best_epoch, seconds, out, f"{dataset.name} {args.schedule}")
+    write_progress(meta, log, best, best_epoch, seconds, out, f"{dataset.name} {args.schedule}")
     print(f"saved {out}: best valid NDCG@10 {best:.4f} at epoch {best_epoch}, {meta['minutes']} min")
     return out
+
+
+def write_progress(meta: dict, log: list[dict], best: float, best_epoch: int, seconds: float, out: Path, title: str) -> None:
+    """training.json and its plot, rewritten after every epoch (an interrupted run still shows its curve)."""
+    meta.update(best_epoch=best_epoch, best_valid_ndcg=best, epochs_run=len(log), minutes=round(seconds / 60, 1), log=log)
+    (out / "training.json").write_text(json.dumps(meta, indent=1))
+    if log:
+        plot_validation(log, out / "training.png", title)
 
 
 def save_checkpoint(model, tokenizer, codes: ItemCodes | None, out: Path) -> None:
