@@ -3,7 +3,7 @@
 import json
 
 from hatllm import default_model
-from hatllm.baselines.sasrec import load_fusion
+from hatllm.baselines.sasrec import SASRecRanker, load_fusion
 from hatllm.item_codes import ItemCodes
 from hatllm.modeling import load_model
 
@@ -17,5 +17,7 @@ def test_default_model_is_shipped_and_loads():
     assert training["args"]["schedule"] == "hat" and training["args"]["teacher"] and training["args"]["teacher_init"]
     codes = ItemCodes.load(path)
     assert len(codes) == 9742 and len(set(codes.codes.values())) == 9742
-    prior, weight = load_fusion(path)
-    assert len(prior.item_ids) == 9742 and weight == json.loads((path / "recipe.json").read_text())["fusion_weight"]
+    weight = json.loads((path / "fusion.json").read_text())["weight"]
+    assert weight == json.loads((path / "recipe.json").read_text())["fusion_weight"]
+    assert (load_fusion(path) is None) == (weight == 0)  # weight 0: validation found the LLM alone best
+    assert len(SASRecRanker.load(path / "teacher").item_ids) == 9742

@@ -118,11 +118,14 @@ def save_fusion(model_dir: str | Path, prior_dir: str | Path, weight: float) -> 
 
 
 def load_fusion(model_dir: str | Path) -> tuple[SASRecRanker, float] | None:
-    """The SASRec prior and weight an LLM checkpoint is served with; None if it has none."""
+    """The SASRec prior and weight an LLM checkpoint is served with; None if it has none (or weight 0:
+    tuning found that the LLM alone ranks best)."""
     path = Path(model_dir) / FUSION_FILE
     if not path.is_file():
         return None
     config = json.loads(path.read_text())
+    if not config["weight"]:
+        return None
     return SASRecRanker.load(Path(model_dir) / config["prior"]), float(config["weight"])
 
 
