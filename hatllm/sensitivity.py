@@ -4,7 +4,7 @@
 
 Each row reads the checkpoint's own `training.json` (schedule, seed, best epoch and its validation NDCG@10)
 beside the test metrics, so rows are only comparable when size, data and recipe match
-(`scripts/sensitivity.sh` keeps them equal).
+(`scripts/experiments.sh` with several schedules keeps them equal).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ def load_rows(paths: list[Path]) -> list[dict]:
     rows = []
     for f in files:
         result = json.loads(f.read_text())
+        if not result.get("model") or not (Path(result["model"]) / "training.json").is_file() or "fusion_weight" not in result:
+            continue  # not an LLM row (SASRec, most popular)
         training = json.loads((Path(result["model"]) / "training.json").read_text())
         schedule = training["schedule"]
         rows.append(dict(result, schedule=schedule, seed=training["args"]["seed"], size=training["args"]["size"],
