@@ -257,6 +257,13 @@ class Split:
     test: list[Example]
     max_history: int
 
+    def training_windows(self) -> list[list[str]]:
+        """Each user's training items cut into windows of max_history + 1 items, newest window first, so the
+        most recent items are predicted from a full history; every item but a window's first is a target
+        once per epoch. SASRec and the LLM train on these same windows."""
+        size = self.max_history + 1
+        return [seq[max(0, end - size) : end] for seq in self.train.values() for end in range(len(seq), 1, -size)]
+
     def popularity(self) -> Counter:
         """Interaction counts on the training part only (no leakage of valid/test targets)."""
         counts: Counter = Counter()

@@ -4,8 +4,8 @@
     python -m hatllm.evaluate --data data/ml-latest-small --method popular
     python -m hatllm.evaluate --data data/ml-latest-small --method sasrec --model runs/ml-latest-small/sasrec
 
-Every method ranks the whole catalog for every evaluated user, with the user's history items excluded
-(as inside decoding for the LLM), and is scored by HR@1/5/10 and NDCG@1/5/10. Invalid outputs (not a
+Every method ranks the whole catalog for every evaluated user, with every earlier item of the user
+excluded but the target (as inside decoding for the LLM; `--keep-seen` turns it off), and is scored by HR@1/5/10 and NDCG@1/5/10. Invalid outputs (not a
 catalog item, or an item listed twice) are counted for every method; for the LLM they must be 0.
 """
 
@@ -35,13 +35,15 @@ class LLMRanker:
     name = "llm"
 
     def __init__(self, model, catalog: ModelCatalog, beam_width: int | None = None, batch_size: int = 32,
-                 prior: SASRecRanker | None = None, fusion_weight: float = 0.0):
+                 prior: SASRecRanker | None = None, fusion_weight: float = 0.0, cache_first_logits: bool = False):
+        """`cache_first_logits`: keep each prompt's first-step logits (one vocabulary row per user), for
+        rankings repeated over the same users with other fusion weights."""
         self.model, self.catalog = model, catalog
         self.beam_width, self.batch_size = beam_width, batch_size
         self.prior, self.fusion_weight = prior, fusion_weight
         self.model_steps = 0
         self.name = "hatllm" if set(model.config.hat_layer_types) != {"OR"} else "causal"
-        self._first_logits: dict[tuple[int, ...], torch.Tensor] = {}  # prompt -> first-step logits (fusion sweeps)
+        self._first_logits: dict[tuple[int, ...], torch.Tensor] | None = {} if cache_first_logits else None
 
     @classmethod
     def load(cls, path: str | Path, titles: dict[str, str], popularity, beam_width: int | None = None,
@@ -51,9 +53,11 @@ class LLMRanker:
                    prior=prior, fusion_weight=weight)
 
     def first_logits(self, prompts: list[list[int]]) -> list[torch.Tensor]:
+        pad_id = self.catalog.builder.tokenizer.pad_token_id
+        if self._first_logits is None:
+            return prompt_logits_batch(self.model, prompts, pad_id)
         missing = [p for p in prompts if tuple(p) not in self._first_logits]
         if missing:
-            pad_id = self.catalog.builder.tokenizer.pad_token_id
             self._first_logits.update(zip(map(tuple, missing), prompt_logits_batch(self.model, missing, pad_id)))
         return [self._first_logits[tuple(p)] for p in prompts]
 

@@ -48,7 +48,7 @@ class ItemCodes:
         resolved = {item: self.codes[item] for item in titles if item in self.codes}
         new = [item for item in titles if item not in self.codes]
         if new:
-            donors = [item for item in resolved]  # coded items still in the catalog
+            donors = list(resolved)  # coded items still in the catalog
             by_token: dict[int, list[int]] = defaultdict(list)
             donor_tokens = [set(title_tokens(titles[d])) for d in donors]
             for index, tokens in enumerate(donor_tokens):

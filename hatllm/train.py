@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import LlamaForCausalLM
 
-from .data import DEFAULT_MAX_HISTORY, Split, leave_one_out, load_dataset
+from .baselines.sasrec import SASRecRanker, left_pad
 from .catalog import ModelCatalog
+from .data import DEFAULT_MAX_HISTORY, Split, leave_one_out, load_dataset
 from .evaluate import LLMRanker
 from .item_codes import ItemCodes
 from .masks import parse_schedule
@@ -50,17 +51,9 @@ STATE_FILE = "train_state.pt"
 
 
 def training_windows(split: Split, titles: dict[str, str], builder: PromptBuilder, codes: dict | None):
-    """Each user's training items cut into windows of max_history + 1 items, newest window first, so
-    the most recent items are trained with a full history. Returns (token ids, next-token-is-target
-    flags, the window's item ids)."""
-    size = split.max_history + 1
-    windows = []
-    for seq in split.train.values():
-        for end in range(len(seq), 1, -size):
-            items = seq[max(0, end - size) : end]
-            item_codes = [codes[i] for i in items] if codes else None
-            windows.append((*builder.training_sequence([titles[i] for i in items], item_codes), items))
-    return windows
+    """`Split.training_windows` as token sequences: (token ids, next-token-is-target flags, item ids)."""
+    return [(*builder.training_sequence([titles[i] for i in items], [codes[i] for i in items] if codes else None), items)
+            for items in split.training_windows()]
 
 
 def batches(windows, batch_size: int, rng: random.Random):
@@ -92,9 +85,9 @@ class CodeObjective:
     """Next-item cross-entropy over all item codes at each item-open position, plus (with a teacher) the
     KL divergence from the teacher's next-item distribution."""
 
-    def __init__(self, codes: ItemCodes, item_ids: list[str], teacher=None, distill_weight: float = 1.0):
-        self.item_ids = item_ids  # column order of the code softmax
-        self.column = {item: c for c, item in enumerate(item_ids)}
+    def __init__(self, codes: ItemCodes, item_ids: list[str], teacher: SASRecRanker | None = None,
+                 distill_weight: float = 1.0):
+        self.column = {item: c for c, item in enumerate(item_ids)}  # item -> its column in the code softmax
         self.code_ids = torch.tensor([codes.codes[item][0] for item in item_ids])
         self.teacher, self.distill_weight = teacher, distill_weight
         if teacher is not None:  # teacher column -> code column
@@ -129,8 +122,6 @@ class CodeObjective:
 
     def teacher_scores(self, item_windows: list[list[str]]) -> torch.Tensor:
         """The teacher's scores for every item after each prefix of each window, in code order."""
-        from .baselines.sasrec import left_pad
-
         model = self.teacher.model
         seqs = left_pad([[self.teacher.index[i] for i in w[:-1]] for w in item_windows], model.max_len)
         real = seqs != 0
@@ -228,11 +219,7 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
           f"layers {model.config.hat_layer_types}, item codes: {len(codes) if codes else 'none'}")
 
-    teacher = None
-    if args.teacher:
-        from .baselines.sasrec import SASRecRanker
-
-        teacher = SASRecRanker.load(args.teacher)
+    teacher = SASRecRanker.load(args.teacher) if args.teacher else None
     objective = CodeObjective(codes, item_ids, teacher, args.distill_weight) if codes else TitleObjective()
     windows = training_windows(split, titles, builder, codes.codes if codes else None)
     tokens = sum(len(w[0]) for w in windows)

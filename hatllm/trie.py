@@ -115,6 +115,7 @@ class TrieView:
             live = (set(allow) & trie.leaf_of.keys()) - deny
             self._base, sign, changed = None, 1, live
             self.is_live = live.__contains__
+        self._allowed: dict[int, list[tuple[int, int]]] = {}
         self._delta: Counter = Counter()
         for item in changed:
             for node in trie.path(item):
@@ -125,8 +126,13 @@ class TrieView:
         return base + self._delta[node]
 
     def allowed(self, node: int) -> list[tuple[int, int]]:
-        """(token, child) pairs that lead to at least one live item."""
-        return [(tok, child) for tok, child in self.trie.children[node].items() if self.live_count(child) > 0]
+        """(token, child) pairs that lead to at least one live item (kept: a view never changes, and the
+        search asks again for the tokens, the fusion bias and forced chains)."""
+        pairs = self._allowed.get(node)
+        if pairs is None:
+            pairs = self._allowed[node] = [(tok, child) for tok, child in self.trie.children[node].items()
+                                           if self.live_count(child) > 0]
+        return pairs
 
     def items(self, leaf: int) -> list[str]:
         """Live items at a leaf, in tie order."""

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> float:
         valid = random.Random(args.seed).sample(valid, args.users)
     titles = dataset.catalog.titles
     ranker = LLMRanker(model, ModelCatalog.for_checkpoint(args.model, titles, split.popularity()),
-                       prior=SASRecRanker.load(args.prior))
+                       prior=SASRecRanker.load(args.prior), cache_first_logits=True)
     scores = {}
     for weight in [float(w) for w in args.weights.split(",")]:
         ranker.fusion_weight = weight

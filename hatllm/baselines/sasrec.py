@@ -129,17 +129,6 @@ def load_fusion(model_dir: str | Path) -> tuple[SASRecRanker, float] | None:
     return SASRecRanker.load(Path(model_dir) / config["prior"]), float(config["weight"])
 
 
-def training_windows(split: Split, index: dict[str, int]) -> list[list[int]]:
-    """Each user's training items cut into windows of max_history + 1 items: every interaction is a target
-    once per epoch (the LLM trains on the same windows)."""
-    size = split.max_history + 1
-    windows = []
-    for seq in split.train.values():
-        idx = [index[i] for i in seq]
-        windows += [idx[max(0, end - size) : end] for end in range(len(idx), 1, -size)]
-    return [w for w in windows if len(w) > 1]
-
-
 def train(split: Split, item_ids: list[str], seed: int, max_epochs: int = 400, patience: int = 10,
           max_minutes: float | None = None, batch_size: int = 128, lr: float = 1e-3, dim: int = 64, blocks: int = 2,
           dropout: float = 0.2) -> tuple[SASRecRanker, dict]:
@@ -151,7 +140,7 @@ def train(split: Split, item_ids: list[str], seed: int, max_epochs: int = 400, p
     hparams = dict(max_len=max_len, dim=dim, blocks=blocks, dropout=dropout)
     model = SASRec(len(item_ids), **hparams)
     ranker = SASRecRanker(model, item_ids)
-    windows = training_windows(split, ranker.index)
+    windows = [[ranker.index[i] for i in window] for window in split.training_windows()]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98))
     catalog = set(item_ids)
     best, best_epoch, best_state, log, started = -1.0, 0, None, [], time.time()
