@@ -31,7 +31,7 @@ DECODE_TOKENS = 64
 def prompts_from_dataset(model_dir: Path, count: int) -> list[list[int]]:
     from transformers import AutoConfig
 
-    from hatllm.catalog import ModelCatalog
+    from hatllm.core.catalog import ModelCatalog
     from hatllm.data import leave_one_out, load_dataset
 
     dataset = load_dataset(ROOT / "data" / "ml-latest-small")
@@ -45,7 +45,7 @@ def larger_model(default: Path, out: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
-    from hatllm.modeling import HAT_ATTENTION, save_model
+    from hatllm.reference.modeling import HAT_ATTENTION, save_model
 
     config = AutoConfig.from_pretrained(default)
     config.hidden_size *= 2

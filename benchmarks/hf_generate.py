@@ -2,14 +2,15 @@
 
 `generate` calls the model on the uncached tokens only, but a token's HatLLM mask row depends on where
 its item started; so the inputs for each step get the masks computed from the whole sequence, exactly as
-`hatllm.modeling.forward` does.
+`hatllm.reference.modeling.forward` does.
 """
 
 from __future__ import annotations
 
 from transformers import LlamaForCausalLM
 
-from hatllm.modeling import HAT_ATTENTION, HatMasks, check_hat_config
+from hatllm.core.checkpoint import check_hat_config
+from hatllm.reference.modeling import HAT_ATTENTION, HatMasks
 
 
 class HatGenerateModel(LlamaForCausalLM):

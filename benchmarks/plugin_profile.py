@@ -14,7 +14,8 @@ from types import SimpleNamespace
 
 import torch
 
-from model_patch.kernels import LAYER_CODES, hat_attention_ops
+from hatllm.core.layers import LAYER_CODES
+from model_patch.kernels import hat_attention_ops
 from model_patch.segments import SegmentTracker
 
 HEADS, HEAD, BLOCK, OPEN, CLOSE = 4, 64, 32, 3, 4

@@ -5,7 +5,7 @@
 
 Methods, on the same prompts (test-split users of the default dataset), K=10, whole catalog (no
 exclusions: (b) and (c) have no per-request trie, so every method ranks the same candidate set):
-  engine    (a) `hatllm.engine_topk` on the patched vLLM AsyncLLM
+  engine    (a) `model_patch.engine_topk` on the patched vLLM AsyncLLM
   vllm_beam (b) vLLM's `LLM.beam_search` with a trie logits processor (renormalised scores not possible)
   hf_beam   (c) HF `generate(num_beams=K, prefix_allowed_tokens_fn=trie)` (BIGRec/D3 style), one
                 request at a time: HF has no request concurrency, and batching HatLLM prompts would need
@@ -46,7 +46,7 @@ def load_setup(model: str, data: str, num_prompts: int):
 
     from transformers import AutoConfig
 
-    from hatllm.catalog import ModelCatalog
+    from hatllm.core.catalog import ModelCatalog
     from hatllm.data import leave_one_out, load_dataset
 
     dataset = load_dataset(data)
@@ -66,9 +66,9 @@ def summary(latencies: list[float], wall: float, extra: dict | None = None) -> d
 async def run_async(method: str, args, prompts, trie, builder, histories) -> dict:
     from vllm import SamplingParams
 
-    from hatllm.baselines.sasrec import load_fusion
-    from hatllm.engine_topk import EngineTopK, engine_args, start_engine
-    from hatllm.fusion import ItemPrior
+    from hatllm.core.fusion import ItemPrior
+    from hatllm.sasrec import load_fusion
+    from model_patch.engine_topk import EngineTopK, engine_args, start_engine
 
     engine = start_engine(engine_args(args.model, kv_tails=args.kv_tails, dtype=args.dtype, block_size=args.block_size,
                                       distributed_executor_backend=args.executor, **ENGINE_KWARGS))

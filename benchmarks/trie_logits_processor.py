@@ -14,8 +14,8 @@ import torch
 from transformers import AutoTokenizer
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
+from hatllm.core.catalog import ModelCatalog
 from hatllm.data import load_dataset
-from hatllm.catalog import ModelCatalog
 
 
 class TrieLogitsProcessor(AdapterLogitsProcessor):

@@ -1,11 +1,11 @@
 """Reliability scenarios against a real local service (its own redis-server, the real engine).
 
-    python loadtests/reliability.py redis-outage      # Redis killed and restarted under load
-    python loadtests/reliability.py overload          # 3x the sustainable rate
-    python loadtests/reliability.py engine-failure    # the vLLM engine core process killed
-    python loadtests/reliability.py shutdown          # SIGTERM with requests in flight
-    python loadtests/reliability.py bad-input         # schema fuzzing at a larger budget + hand-made bad bodies
-    python loadtests/reliability.py all --out docs/results/reliability.json
+    python -m loadtests.reliability redis-outage      # Redis killed and restarted under load
+    python -m loadtests.reliability overload          # 3x the sustainable rate
+    python -m loadtests.reliability engine-failure    # the vLLM engine core process killed
+    python -m loadtests.reliability shutdown          # SIGTERM with requests in flight
+    python -m loadtests.reliability bad-input         # schema fuzzing at a larger budget + hand-made bad bodies
+    python -m loadtests.reliability all --out docs/results/reliability.json
 
 Each scenario starts its own service, prints its figures as JSON, and fails (exit code 1) when a
 promise is broken: a 500, an acknowledged event lost, a request hanging past its bound, memory
@@ -30,12 +30,10 @@ from pathlib import Path
 import httpx
 import redis
 
-from local_service import ROOT, free_port, running_service
-
-sys.path.insert(0, str(ROOT))
-from service.keys import Keys  # noqa: E402
-from service.redis_server import EmbeddedRedis  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from loadtests.local_service import free_port, running_service
+from service.keys import Keys
+from service.redis_server import EmbeddedRedis
+from service.settings import Settings
 
 KNOWN_USERS = [str(u) for u in range(1, 611)]  # ml-latest-small users
 ITEM_IDS = ["1", "2", "3", "6", "50", "110", "260", "296", "318", "356", "480", "527", "589", "593", "2571"]
@@ -334,7 +332,7 @@ def main() -> int:
             print(name, json.dumps(results[name]), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(dict(command="python loadtests/reliability.py " + " ".join(sys.argv[1:]),
+        Path(args.out).write_text(json.dumps(dict(command="python -m loadtests.reliability " + " ".join(sys.argv[1:]),
                                                   results=results), indent=1))
     return 1 if failed else 0
 

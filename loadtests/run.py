@@ -1,7 +1,7 @@
 """Run the Locust load test headless against a service started here, for a bounded time.
 
-    python loadtests/run.py --run-time 60s --users 8                      # constant load
-    python loadtests/run.py --step --step-users 4 --step-seconds 30 --max-users 32 --p99-ms 2000
+    python -m loadtests.run --run-time 60s --users 8                      # constant load
+    python -m loadtests.run --step --step-users 4 --step-seconds 30 --max-users 32 --p99-ms 2000
 
 Starts `python -m service` on 127.0.0.1 (free port) with its own embedded Redis in a temporary
 folder (your var/redis is not touched), waits for /readyz, runs Locust, stops the service (SIGINT,
@@ -24,7 +24,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from local_service import ROOT, running_service
+from loadtests.local_service import ROOT, running_service
 
 RECOMMEND = "/recommend [known]"
 
@@ -130,7 +130,7 @@ def main() -> int:
     if args.step:
         table = step_table(out / "requests.csv", args.p99_ms, args.step_users, args.step_seconds, args.max_users)
         write_step_report(table, out, args.p99_ms,
-                          "python loadtests/run.py " + " ".join(sys.argv[1:]))
+                          "python -m loadtests.run " + " ".join(sys.argv[1:]))
     return locust_rc
 
 

@@ -21,7 +21,7 @@ def register() -> None:
     from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
-    from hatllm.modeling import hat_architecture
+    from hatllm.core.checkpoint import hat_architecture
 
     for base in BASE_MODELS:
         ModelRegistry.register_model(hat_architecture(base), f"model_patch.hat_models:{hat_architecture(base)}")

@@ -5,7 +5,7 @@ implementation instead (a subclass of vLLM's, swapped in by the model class): it
 values into its own KV-cache tensor in a slot-major layout, ``[slot, kv_head, K | V]`` (the tensor's
 memory reinterpreted, one row per token), and computes attention with a small C++ kernel
 (``csrc/hat_attention.cpp``) that walks, per query, the at most two contiguous key ranges its mask
-allows (``hatllm.masks.layer_mask`` written as intervals), reading keys through the block table. The cache tensor, its size and its blocks are vLLM's; only the layout
+allows (``hatllm.core.masks.layer_mask`` written as intervals), reading keys through the block table. The cache tensor, its size and its blocks are vLLM's; only the layout
 inside an IN/CR layer's tensor is ours, so prefix caching, preemption and block reuse work unchanged.
 """
 
@@ -15,10 +15,9 @@ import torch
 from vllm.v1.attention.backend import MultipleOf
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
 
-from hatllm.masks import LayerType
-
-from .kernels import LAYER_CODES, hat_attention_ops
-from .segments import SegmentTracker
+from hatllm.core.layers import LayerType
+from model_patch.kernels import hat_attention_ops
+from model_patch.segments import SegmentTracker
 
 
 class HatCPUAttentionBackend(CPUAttentionBackend):
@@ -65,6 +64,6 @@ class HatCPUAttentionImpl(CPUAttentionBackendImpl):
         hat_attention_ops().hat_attention(
             query[:n], self._slot_rows(kv_cache), output[:n], meta.query_start_loc.int(), meta.seq_lens.int(),
             step.positions, step.starts, step.first_item, meta.block_table.int(), kv_cache.shape[2], self.scale,
-            LAYER_CODES[self.layer_type.value],
+            self.layer_type.code,
         )
         return output

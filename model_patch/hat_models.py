@@ -7,6 +7,7 @@ compiled decoder stack, and computes the step's item segments for the IN/CR laye
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 
@@ -15,12 +16,11 @@ from vllm.forward_context import get_forward_context
 from vllm.model_executor.layers.attention import Attention
 from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
 
-from hatllm.masks import LayerType
-from hatllm.modeling import check_hat_config, hat_architecture
-
-from . import BASE_MODELS
-from .cpu_attention import HatCPUAttentionImpl
-from .segments import SegmentTracker
+from hatllm.core.checkpoint import HAT_ARCHITECTURE_PREFIX, check_hat_config, hat_architecture
+from hatllm.core.layers import LayerType
+from model_patch import BASE_MODELS
+from model_patch.cpu_attention import HatCPUAttentionImpl
+from model_patch.segments import SegmentTracker
 
 LAYER_INDEX = re.compile(r"layers\.(\d+)\.")
 
@@ -66,10 +66,16 @@ class HatModelMixin:
         self.segment_tracker.update(input_ids, positions, meta, kv_cache.shape[2], kv_cache.shape[0] * kv_cache.shape[2])
 
 
-def _hat_class(base: str) -> type:
+@functools.cache
+def hat_class(base: str) -> type:
+    """`Hat<base>`: the base vLLM model class with the HatLLM layers."""
     base_cls = getattr(importlib.import_module(BASE_MODELS[base]), base)
     return type(hat_architecture(base), (HatModelMixin, base_cls), {"__module__": __name__})
 
 
-for _base in BASE_MODELS:
-    globals()[hat_architecture(_base)] = _hat_class(_base)
+def __getattr__(name: str) -> type:
+    # vLLM's registry imports "model_patch.hat_models:Hat<base>" by name; each class is built on first use.
+    base = name.removeprefix(HAT_ARCHITECTURE_PREFIX)
+    if name.startswith(HAT_ARCHITECTURE_PREFIX) and base in BASE_MODELS:
+        return hat_class(base)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

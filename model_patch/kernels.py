@@ -12,10 +12,13 @@ from pathlib import Path
 
 from torch.utils.cpp_extension import load
 
+from hatllm.core.layers import LAYER_CODES
+
 SOURCE = Path(__file__).parent / "csrc" / "hat_attention.cpp"
-LAYER_CODES = {"IN": 0, "CR": 2}
 # Reassociation lets the compiler vectorise the dot products; infinities stay IEEE (no -ffast-math).
-CFLAGS = ["-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
+# The layer types' integers come from their one definition (`hatllm.core.layers`): the kernel is built with them.
+CFLAGS = ["-O3", "-march=native", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+          *(f"-DHAT_LAYER_{layer.value}={code}" for layer, code in LAYER_CODES.items())]
 
 
 @functools.cache

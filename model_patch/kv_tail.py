@@ -34,7 +34,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.model_executor.layers.attention import Attention
 
-from .cpu_attention import HatCPUAttentionImpl
+from model_patch.cpu_attention import HatCPUAttentionImpl
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks

@@ -1,7 +1,7 @@
 """Item segments of the tokens an engine step computes, tracked across steps through the KV cache.
 
 The attention backend sees no token ids, and a decode step or a prefill chunk sees only its own new
-tokens. The model computes each new token's ``item_start`` (hatllm.masks) from its id and the state left
+tokens. The model computes each new token's ``item_start`` (hatllm.core.masks) from its id and the state left
 by the previous token of its sequence. That state is stored per KV-cache *slot*, beside the keys and
 values: ``carry`` (start of the item still open after the token, or NO_OPEN_ITEM) and ``first_item``
 (P, the first item position seen so far, or NO_FIRST_ITEM). Because it lives where the KV entries live,
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hatllm.masks import NO_OPEN_ITEM
-
-from .kernels import hat_attention_ops
+from hatllm.core.masks import NO_OPEN_ITEM
+from model_patch.kernels import hat_attention_ops
 
 NO_FIRST_ITEM = torch.iinfo(torch.int32).max  # no item yet: every key of the prefix is visible in IN
 
@@ -54,7 +53,7 @@ class SegmentTracker:
                num_slots: int) -> StepSegments:
         """Compute this step's segments and record every new token's state at its slot.
 
-        One C++ pass (``hat_segments``, the sequential form of ``hatllm.masks.packed_item_starts`` and
+        One C++ pass (``hat_segments``, the sequential form of ``hatllm.core.masks.packed_item_starts`` and
         ``carry_after``): the same rules as a few dozen small torch ops, without their per-op cost on
         every decode step.
         """

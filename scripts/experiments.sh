@@ -4,31 +4,31 @@
 #   [THREADS=1] scripts/experiments.sh DATASET_DIR NAME [SCHEDULES] [SEEDS] [EPOCHS]
 #   e.g. THREADS=1 scripts/experiments.sh data/ml-latest-small ml-latest-small "hat causal" "0 1 2" 6
 # SASRec (the baseline and every student's teacher) -> runs/NAME/sasrec; per schedule and seed the recipe's
-# student (`hatllm.recipe`, the shared SASRec as its teacher, a cosine schedule of EPOCHS epochs, its fusion
+# student (`hatllm.training.recipe`, the shared SASRec as its teacher, a cosine schedule of EPOCHS epochs, its fusion
 # weight chosen on validation) -> runs/NAME/<schedule>-s<seed>; evaluations of each student fused with SASRec
 # and alone, of SASRec and of most-popular -> docs/results/NAME/*.json; a table (mean ± sd over seeds) and
-# plot by hatllm.report. Reruns skip what exists and resume an interrupted student, so two shells can share
+# plot by hatllm.evaluation.report. Reruns skip what exists and resume an interrupted student, so two shells can share
 # the work by taking different seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=$1 name=$2 schedules=${3:-hat causal} seeds=${4:-0} epochs=${5:-20} threads=${THREADS:-0}
 py=.venv/bin/python runs=runs/$name out=docs/results/$name
 mkdir -p "$runs" "$out"
-[ -f "$runs/sasrec/sasrec.pt" ] || $py -m hatllm.baselines.sasrec --data "$data" --out "$runs/sasrec" --threads "$threads"
+[ -f "$runs/sasrec/sasrec.pt" ] || $py -m hatllm.sasrec --data "$data" --out "$runs/sasrec" --threads "$threads"
 for seed in $seeds; do
   for schedule in $schedules; do
     dir=$runs/$schedule-s$seed
     mkdir -p "$dir"
     [ -e "$dir/teacher" ] || ln -s ../sasrec "$dir/teacher"
-    [ -f "$dir/fusion.json" ] || $py -m hatllm.recipe --data "$data" --out "$dir" --schedule "$schedule" --seed "$seed" \
+    [ -f "$dir/fusion.json" ] || $py -m hatllm.training.recipe --data "$data" --out "$dir" --schedule "$schedule" --seed "$seed" \
       --threads "$threads" --minutes 100000 -- --epochs "$epochs"
     label=$([ "$schedule" = causal ] && echo causal || echo hatllm)
-    [ -f "$out/$label+sasrec-s$seed.json" ] || $py -m hatllm.evaluate --data "$data" --method llm --model "$dir" \
+    [ -f "$out/$label+sasrec-s$seed.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" \
       --name "$label+sasrec s$seed" --out "$out/$label+sasrec-s$seed.json"
-    [ -f "$out/$label-s$seed.json" ] || $py -m hatllm.evaluate --data "$data" --method llm --model "$dir" --no-fusion \
+    [ -f "$out/$label-s$seed.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" --no-fusion \
       --name "$label s$seed" --out "$out/$label-s$seed.json"
   done
 done
-[ -f "$out/sasrec.json" ] || $py -m hatllm.evaluate --data "$data" --method sasrec --model "$runs/sasrec" --out "$out/sasrec.json"
-[ -f "$out/popular.json" ] || $py -m hatllm.evaluate --data "$data" --method popular --out "$out/popular.json"
-$py -m hatllm.report "$out" --title "$name"
+[ -f "$out/sasrec.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method sasrec --model "$runs/sasrec" --out "$out/sasrec.json"
+[ -f "$out/popular.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method popular --out "$out/popular.json"
+$py -m hatllm.evaluation.report "$out" --title "$name"

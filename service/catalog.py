@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from hatllm.catalog import ModelCatalog
-from hatllm.item_codes import ItemCodes
-from hatllm.prompt import PromptBuilder
-from hatllm.trie import TitleTrie
+from hatllm.core.catalog import ModelCatalog
+from hatllm.core.item_codes import ItemCodes
+from hatllm.core.prompt import PromptBuilder
+from hatllm.core.trie import TitleTrie
 
 from . import metrics
 from .store import Store

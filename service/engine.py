@@ -6,6 +6,13 @@ import logging
 import os
 from pathlib import Path
 
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from hatllm.core.fusion import ItemPrior
+from hatllm.core.search import SearchResult
+from hatllm.core.trie import TrieView
+from model_patch.engine_topk import EngineTopK, engine_args, start_engine
+
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,18 +28,18 @@ def cpu_bind(setting: str) -> str:
 
 
 class Engine:
+    """The service's one seam to vLLM: `start`, `search`, `ready`, `shutdown`."""
+
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.llm = None
-        self.topk = None
+        self.llm: AsyncLLM | None = None
+        self.topk: EngineTopK | None = None
         self.name = Path(settings.model_path).name
 
     def start(self) -> None:
         """Blocking (~30 s on CPU): the service is not ready before it returns."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_gib))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(self.settings.engine_cpu_bind))
-        from hatllm.engine_topk import EngineTopK, engine_args, start_engine
-
         s = self.settings
         args = engine_args(s.model_path, kv_tails=s.kv_tails, dtype=s.dtype, max_model_len=s.max_model_len,
                            max_num_seqs=s.max_num_seqs,
@@ -41,6 +48,16 @@ class Engine:
                            distributed_executor_backend="uni" if s.engine_worker_in_process else None)
         self.llm = start_engine(args)
         self.topk = EngineTopK(self.llm)
+
+    async def search(self, prompt: list[int], view: TrieView, num_items: int, beam_width: int | None,
+                     prior: ItemPrior | None) -> SearchResult:
+        if self.topk is None:
+            raise RuntimeError("the engine is not started")
+        return await self.topk.search(prompt, view, num_items, beam_width, prior)
+
+    @property
+    def started(self) -> bool:
+        return self.llm is not None
 
     @property
     def ready(self) -> bool:

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
+from fastapi import FastAPI
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
 
 def error_body(code: str, message: str, details: object = None) -> dict:
     return {"error": {"code": code, "message": message, "details": details}}
@@ -26,3 +37,36 @@ def unknown_items(item_ids: list[str], where: str) -> ServiceError:
 
 def catalog_unavailable(retry_after: int) -> ServiceError:
     return ServiceError(503, "catalog_unavailable", "no catalog loaded yet", retry_after=retry_after)
+
+
+def error_response(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    """Every failure answers with the error body: ours, schema violations, Redis outages, HTTP errors, bugs."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_request, exc: ServiceError):
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, exc: RequestValidationError):
+        details = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        return error_response(422, "invalid_request", "the request does not match the API schema", details)
+
+    @app.exception_handler(RedisError)
+    async def redis_down(_request, exc: RedisError):
+        log.warning("Redis error: %s", exc)
+        return error_response(503, "redis_unavailable", "the data store is unavailable",
+                              headers={"Retry-After": str(retry_after_s)})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, exc: HTTPException):
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request, exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "unexpected error (logged)")

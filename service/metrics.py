@@ -4,6 +4,8 @@ vLLM's own engine metrics (vllm:*) register in the same default registry when th
 so /metrics exposes both.
 """
 
+import time
+
 from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -24,3 +26,20 @@ CATALOG_ITEMS = Gauge("hatrec_catalog_items", "Items in the catalog being served
 EVENTS = Counter("hatrec_events_ingested_total", "Interactions appended to histories")
 DEPENDENCY_UP = Gauge("hatrec_dependency_up", "1 when a dependency answers (checked every few seconds)",
                       ["dependency"])
+
+
+async def record_request(request, call_next):
+    """HTTP middleware: requests in flight, and each request's route, status and latency."""
+    IN_FLIGHT.inc()
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        IN_FLIGHT.dec()
+        route = request.scope.get("route")
+        path = route.path if route is not None else "unmatched"
+        REQUESTS.labels(request.method, path, str(status)).inc()
+        REQUEST_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)

@@ -11,8 +11,8 @@ import asyncio
 import time
 from contextlib import contextmanager
 
-from hatllm.baselines.sasrec import SASRecRanker
-from hatllm.fusion import ItemPrior
+from hatllm.core.fusion import ItemPrior
+from hatllm.sasrec import SASRecRanker
 
 from . import metrics
 from .catalog import CatalogCache, CatalogSnapshot
@@ -35,7 +35,7 @@ def stage(name: str):
 class Recommender:
     def __init__(self, settings: Settings, store: Store, catalog: CatalogCache, engine: Engine,
                  fusion: tuple[SASRecRanker, float] | None = None):
-        """`fusion`: the SASRec prior and its weight fused into the search (`hatllm.fusion`), or None."""
+        """`fusion`: the SASRec prior and its weight fused into the search (`hatllm.core.fusion`), or None."""
         self.settings, self.store, self.catalog, self.engine = settings, store, catalog, engine
         self.prior, self.fusion_weight = fusion or (None, 0.0)
         self.pipeline = "llm+sasrec" if self.prior is not None else "llm"
@@ -73,11 +73,7 @@ class Recommender:
         with stage("decode"):
             result = await self._decode(prompt, view, req.k, prior)
         metrics.ENGINE_STEPS.observe(result.model_steps)
-        items = [RecommendedItem(rank=r, item_id=item, title=snapshot.titles[item], score=score)
-                 for r, (item, score) in enumerate(result.items, 1)]
-        return RecommendResponse(user_id=req.user_id, items=items, model=self.engine.name,
-                                 catalog_version=snapshot.version, history_length=len(recent),
-                                 strategy="model", exhausted=len(items) < req.k, pipeline=self.pipeline)
+        return self._response(req, snapshot, result.items, len(recent), "model", self.pipeline)
 
     async def _history(self, req: RecommendRequest, snapshot: CatalogSnapshot) -> list[str]:
         if req.history is not None:
@@ -92,10 +88,15 @@ class Recommender:
         metrics.COLD_START.inc()
         allowed = set(allow) if allow is not None else None
         picked = [i for i in snapshot.popular if i not in deny and (allowed is None or i in allowed)][: req.k]
-        items = [RecommendedItem(rank=r, item_id=i, title=snapshot.titles[i], score=None) for r, i in enumerate(picked, 1)]
+        return self._response(req, snapshot, [(i, None) for i in picked], 0, "cold_start_popular", "popular")
+
+    def _response(self, req: RecommendRequest, snapshot: CatalogSnapshot, ranked: list[tuple[str, float | None]],
+                  history_length: int, strategy: str, pipeline: str) -> RecommendResponse:
+        items = [RecommendedItem(rank=r, item_id=item, title=snapshot.titles[item], score=score)
+                 for r, (item, score) in enumerate(ranked, 1)]
         return RecommendResponse(user_id=req.user_id, items=items, model=self.engine.name,
-                                 catalog_version=snapshot.version, history_length=0, strategy="cold_start_popular",
-                                 exhausted=len(items) < req.k, pipeline="popular")
+                                 catalog_version=snapshot.version, history_length=history_length,
+                                 strategy=strategy, exhausted=len(items) < req.k, pipeline=pipeline)
 
     async def _decode(self, prompt: list[int], view, k: int, prior: ItemPrior | None):
         if self.in_flight >= self.settings.max_in_flight:
@@ -106,7 +107,7 @@ class Recommender:
         metrics.QUEUE_DEPTH.set(self.in_flight)
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
-                return await self.engine.topk.search(prompt, view, k, max(self.settings.beam_width or k, k), prior)
+                return await self.engine.search(prompt, view, k, max(self.settings.beam_width or k, k), prior)
         except TimeoutError:
             metrics.SHED.labels("timeout").inc()
             raise ServiceError(503, "timeout", f"no answer within {self.settings.request_timeout_s} s",

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from hatllm.core.search import MAX_BEAM_WIDTH
+
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=False)]
 Title = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
 
@@ -21,7 +23,7 @@ class Filters(Strict):
 
 class RecommendRequest(Strict):
     user_id: Id
-    k: int = Field(10, ge=1, le=100, description="number of items wanted")
+    k: int = Field(10, ge=1, le=MAX_BEAM_WIDTH, description="number of items wanted")
     exclude_seen: bool = Field(True, description="never recommend items in the user's history")
     filters: Filters | None = None
     history: list[Id] | None = Field(None, max_length=1000,

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hatllm.core.search import MAX_BEAM_WIDTH
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HATREC_", env_file=".env", extra="ignore", protected_namespaces=())
@@ -32,8 +34,8 @@ class Settings(BaseSettings):
     max_history: int | None = Field(None, ge=1, description="most recent items put in the prompt "
                                                             "(default: the model's hat_max_history, else 20)")
     history_cap: int = Field(200, ge=1, description="items kept per user in Redis (older ones are trimmed)")
-    max_k: int = Field(100, ge=1, le=100, description="largest k a request may ask for")
-    beam_width: int | None = Field(None, ge=1, le=100, description="beam width; at least the request's k (default: k)")
+    max_k: int = Field(MAX_BEAM_WIDTH, ge=1, le=MAX_BEAM_WIDTH, description="largest k a request may ask for")
+    beam_width: int | None = Field(None, ge=1, le=MAX_BEAM_WIDTH, description="beam width; at least the request's k (default: k)")
     fusion: bool = Field(True, description="fuse the checkpoint's SASRec prior into the search (its fusion.json), "
                                            "if it has one")
 

@@ -4,28 +4,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
 
-from hatllm.baselines.sasrec import SASRec, SASRecRanker, save_fusion
-from hatllm.item_codes import ItemCodes
-from hatllm.masks import parse_schedule
-from hatllm.modeling import HAT_ATTENTION, make_config, save_model
-from hatllm.prompt import DEFAULT_INSTRUCTION, PromptBuilder
-from hatllm.tokenizer import ITEM_CLOSE, ITEM_OPEN, train_tokenizer
-
-TITLES = {
-    "1": "Toy Story (1995)",
-    "2": "Jumanji (1995)",
-    "3": "Heat (1995)",
-    "4": "Emma (1996)",
-    "5": "Emma (1996)",  # duplicate title, another item
-    "6": "Toy Story 2 (1999)",
-    "7": "Casino (1995)",
-    "8": "Sabrina (1995)",
-}
-
-
-CODE_TOKENS = ItemCodes.code_tokens(len(TITLES))
+from hatllm.core.item_codes import ItemCodes
+from hatllm.core.prompt import DEFAULT_INSTRUCTION, PromptBuilder
+from hatllm.reference.modeling import save_model
+from hatllm.sasrec import SASRec, SASRecRanker, save_fusion
+from hatllm.training.tokenizer import ITEM_CLOSE, ITEM_OPEN, train_tokenizer
+from tests.helpers import CODE_TOKENS, TITLES, tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -43,16 +28,6 @@ def item_codes(tokenizer) -> ItemCodes:
 def builder(tokenizer):
     open_id, close_id = tokenizer.convert_tokens_to_ids([ITEM_OPEN, ITEM_CLOSE])
     return PromptBuilder(tokenizer, open_id, close_id, DEFAULT_INSTRUCTION)
-
-
-def tiny_model(tokenizer, builder, schedule: str, layers: int = 3, seed: int = 0) -> LlamaForCausalLM:
-    config = make_config(
-        len(tokenizer), "tiny", parse_schedule(schedule, layers), builder.item_open_id, builder.item_close_id,
-        DEFAULT_INSTRUCTION, tokenizer.bos_token_id, tokenizer.pad_token_id, layers,
-    )
-    config._attn_implementation = HAT_ATTENTION
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="session")

@@ -5,10 +5,10 @@ from collections import Counter
 import pytest
 import torch
 
-from hatllm.beam_search import constrained_beam_search
-from hatllm.modeling import forward, logits
-from hatllm.trie import ROOT, TitleTrie
-from tests.conftest import TITLES
+from hatllm.core.trie import ROOT, TitleTrie
+from hatllm.reference.modeling import forward, logits
+from hatllm.reference.search import constrained_beam_search
+from tests.helpers import TITLES
 
 HISTORY = ["Heat (1995)", "Casino (1995)"]
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from hatllm import evaluate, train
-from hatllm.baselines import sasrec
-from hatllm.item_codes import ItemCodes
-from hatllm.modeling import load_model
+from hatllm.core.item_codes import ItemCodes
+from hatllm.evaluation import evaluate
+from hatllm.reference.modeling import load_model
+from hatllm.training import sasrec, train
 
 TINY = ["--size", "tiny", "--layers", "3", "--schedule", "hat", "--batch-size", "4", "--vocab-size", "300", "--lr", "1e-2"]
 
@@ -61,8 +61,8 @@ def test_resumed_training_ends_with_the_same_model(tiny_dataset, tmp_path):
 
 
 def test_teacher_targets_are_the_teachers_scores_in_code_order(tiny_dataset, teacher, tmp_path):
-    from hatllm.baselines.sasrec import SASRecRanker
     from hatllm.data import leave_one_out, load_dataset
+    from hatllm.sasrec import SASRecRanker
 
     ranker = SASRecRanker.load(teacher)
     codes = ItemCodes({item: (100 + n,) for n, item in enumerate(sorted(ranker.item_ids, reverse=True))})
@@ -83,7 +83,7 @@ def test_teacher_targets_are_the_teachers_scores_in_code_order(tiny_dataset, tea
 
 
 def test_teacher_init_copies_the_teachers_item_geometry(teacher, tiny_dataset):
-    from hatllm.baselines.sasrec import SASRecRanker
+    from hatllm.sasrec import SASRecRanker
 
     args = train.parse_args(["--data", str(tiny_dataset), "--out", "unused", *TINY])
     titles = {i: f"title {i}" for i in sorted(SASRecRanker.load(teacher).item_ids)}
@@ -129,7 +129,7 @@ def test_sasrec_trains_and_ranks(tiny_dataset, tmp_path):
 
 
 def test_sensitivity_table_reads_schedule_and_loss_from_the_checkpoint(trained, tiny_dataset, tmp_path):
-    from hatllm import sensitivity
+    from hatllm.evaluation import sensitivity
 
     evaluate.main(["--data", str(tiny_dataset), "--method", "llm", "--model", str(trained), "--k", "3",
                    "--out", str(tmp_path / "hat.json")])
@@ -141,8 +141,8 @@ def test_sensitivity_table_reads_schedule_and_loss_from_the_checkpoint(trained, 
 
 
 def test_recipe_trains_teacher_student_and_fusion(tiny_dataset, tmp_path):
-    from hatllm import recipe
-    from hatllm.baselines.sasrec import load_fusion
+    from hatllm.sasrec import load_fusion
+    from hatllm.training import recipe
 
     out = tmp_path / "recipe"
     args = ["--data", str(tiny_dataset), "--out", str(out), "--tune-users", "12", "--",
@@ -162,7 +162,7 @@ def test_recipe_trains_teacher_student_and_fusion(tiny_dataset, tmp_path):
 
 
 def test_report_groups_seeds_into_mean_and_sd(tmp_path):
-    from hatllm import report
+    from hatllm.evaluation import report
 
     base = {m: 0.0 for m in report.METRICS} | {"users": 10}
     for seed, ndcg in enumerate((0.1, 0.2, 0.3)):

@@ -2,10 +2,10 @@
 
 import json
 
-from hatllm import default_model
-from hatllm.baselines.sasrec import SASRecRanker, load_fusion
-from hatllm.item_codes import ItemCodes
-from hatllm.modeling import load_model
+from hatllm.core.item_codes import ItemCodes
+from hatllm.reference.modeling import load_model
+from hatllm.sasrec import SASRecRanker, load_fusion
+from hatllm.training import default_model
 
 
 def test_default_model_is_shipped_and_loads():

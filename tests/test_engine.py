@@ -13,11 +13,11 @@ import shutil
 import pytest
 import torch
 
-from hatllm.modeling import forward, load_model, logits
-from tests.conftest import TITLES
+from hatllm.reference.modeling import forward, load_model, logits
+from tests.helpers import TITLES, require
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-vllm = pytest.importorskip("vllm")
+vllm = require("vllm")
 
 from model_patch.kv_tail import kv_tail_transfer_config  # noqa: E402
 

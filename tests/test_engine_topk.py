@@ -11,13 +11,13 @@ from collections import Counter
 import pytest
 import torch
 
-from hatllm.beam_search import constrained_beam_search
-from hatllm.modeling import forward, load_model, logits
-from hatllm.trie import TitleTrie
-from tests.conftest import TITLES
+from hatllm.core.trie import TitleTrie
+from hatllm.reference.modeling import forward, load_model, logits
+from hatllm.reference.search import constrained_beam_search
+from tests.helpers import TITLES, require
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-vllm = pytest.importorskip("vllm")
+vllm = require("vllm")
 
 TOL = 1e-4
 TITLE_LIST = list(TITLES.values())
@@ -26,7 +26,7 @@ TITLE_LIST = list(TITLES.values())
 @pytest.fixture(scope="module")
 def engine_search(hat_checkpoint):
     """`run(coroutine)` on the engine's loop, and the `EngineTopK` bound to it."""
-    from hatllm.engine_topk import EngineTopK, engine_args, start_engine
+    from model_patch.engine_topk import EngineTopK, engine_args, start_engine
 
     loop = asyncio.new_event_loop()
     args = engine_args(str(hat_checkpoint), dtype="float32", max_model_len=256, block_size=16, enforce_eager=True,
@@ -134,9 +134,9 @@ def test_coded_catalog_on_the_engine_equals_reference(engine_search, hat_checkpo
     """The recipe's prompts and trie: codes first, titles forced after them; an item added after training
     shares a code, so its branch needs title steps too; with the checkpoint's SASRec prior fused in (sent
     to the engine as logit_bias) or not. Same items and scores as the reference search."""
-    from hatllm.baselines.sasrec import load_fusion
-    from hatllm.catalog import ModelCatalog
-    from hatllm.fusion import ItemPrior
+    from hatllm.core.catalog import ModelCatalog
+    from hatllm.core.fusion import ItemPrior
+    from hatllm.sasrec import load_fusion
 
     run, topk = engine_search
     catalog = ModelCatalog.for_checkpoint(hat_checkpoint, dict(TITLES, new="Toy Story 3 (2010)"), Counter({"5": 3}))

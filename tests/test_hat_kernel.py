@@ -1,11 +1,12 @@
-"""The C++ IN/CR kernel computes exactly hatllm.masks.layer_mask attention over paged cache rows."""
+"""The C++ IN/CR kernel computes exactly hatllm.core.masks.layer_mask attention over paged cache rows."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from hatllm.masks import layer_mask
-from model_patch.kernels import LAYER_CODES, hat_attention_ops
+from hatllm.core.layers import LAYER_CODES
+from hatllm.core.masks import layer_mask
+from model_patch.kernels import hat_attention_ops
 
 
 def reference(q, rows, block_table, request, query_pos, starts, first, kind, block_size, seq_lens):
@@ -62,11 +63,11 @@ def test_cache_update_writes_rows_of_real_slots(dtype):
 
 def test_segment_tracker_equals_reference_item_starts():
     # Requests fed to the tracker (C++ hat_segments) in chunks over several steps, as vLLM schedules them
-    # (prefill chunks, decodes, stray closes, items open across steps), against hatllm.masks.item_starts on
+    # (prefill chunks, decodes, stray closes, items open across steps), against hatllm.core.masks.item_starts on
     # each whole sequence; P is the first item position seen up to the end of the step.
     from types import SimpleNamespace
 
-    from hatllm.masks import item_starts
+    from hatllm.core.masks import item_starts
     from model_patch.segments import NO_FIRST_ITEM, SegmentTracker
 
     open_id, close_id, block_size, blocks_per_req = 3, 4, 16, 8

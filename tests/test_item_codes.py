@@ -5,14 +5,15 @@ from collections import Counter
 import pytest
 import torch
 
-from hatllm.beam_search import TrieBeamSearch, constrained_beam_search, prompt_logits_batch, renormalised
-from hatllm.catalog import ModelCatalog
-from hatllm.item_codes import ItemCodes
-from hatllm.modeling import HAT_ATTENTION, make_config
-from hatllm.prompt import DEFAULT_INSTRUCTION, PromptBuilder
-from hatllm.tokenizer import ITEM_CLOSE, ITEM_OPEN, train_tokenizer
-from hatllm.trie import ROOT, TitleTrie
-from tests.conftest import TITLES
+from hatllm.core.catalog import ModelCatalog
+from hatllm.core.item_codes import ItemCodes
+from hatllm.core.prompt import DEFAULT_INSTRUCTION, PromptBuilder
+from hatllm.core.search import TrieBeamSearch
+from hatllm.core.trie import ROOT, TitleTrie
+from hatllm.reference.modeling import HAT_ATTENTION, make_config
+from hatllm.reference.search import constrained_beam_search, prompt_logits_batch, renormalised
+from hatllm.training.tokenizer import ITEM_CLOSE, ITEM_OPEN, train_tokenizer
+from tests.helpers import TITLES
 
 
 def coded_setup():

@@ -8,10 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("vllm")
+from tests.helpers import require
+
+require("vllm")
+
+from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  # noqa: E402
 
 from model_patch.kv_tail import KVTailConnector, kv_tail_transfer_config  # noqa: E402
-from vllm.distributed.kv_transfer.kv_connector.v1.base import KVConnectorRole  # noqa: E402
 
 BLOCK = 4
 

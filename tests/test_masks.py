@@ -1,17 +1,10 @@
-"""Hand-checked HatLLM mask cells (see hatllm/masks.py for the rules)."""
+"""Hand-checked HatLLM mask cells (see hatllm/core/masks.py for the rules)."""
 
 import pytest
 import torch
 
-from hatllm.masks import (
-    NO_OPEN_ITEM,
-    carry_after,
-    first_item_position,
-    hat_schedule,
-    item_starts,
-    layer_mask,
-    parse_schedule,
-)
+from hatllm.core.layers import hat_schedule, parse_schedule
+from hatllm.core.masks import NO_OPEN_ITEM, carry_after, first_item_position, item_starts, layer_mask
 
 BOS, OPEN, CLOSE = 1, 3, 4
 #            0    1   2   3     4   5   6      7     8   9      10
@@ -122,7 +115,7 @@ def test_schedules():
 
 
 def test_packed_sequences_equal_one_by_one():
-    from hatllm.masks import packed_item_starts
+    from hatllm.core.masks import packed_item_starts
 
     chunks = [(SEQ, 0, NO_OPEN_ITEM), (SEQ[4:9], 4, 3), ([], 0, NO_OPEN_ITEM), ([CLOSE, OPEN, 20], 40, 38), ([21], 12, NO_OPEN_ITEM)]
     ids = torch.tensor([t for c, _, _ in chunks for t in c])

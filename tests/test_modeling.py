@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from hatllm.modeling import forward, logits
-from tests.conftest import tiny_model
+from hatllm.reference.modeling import forward, logits
+from tests.helpers import tiny_model
 
 A, B, C = "Heat (1995)", "Casino (1995)", "Sabrina (1995)"
 

@@ -1,7 +1,7 @@
 """Prompt layout and per-item tokenization."""
 
-from hatllm.masks import first_item_position, item_starts
-from tests.conftest import TITLES
+from hatllm.core.masks import first_item_position, item_starts
+from tests.helpers import TITLES
 
 
 def test_prompt_layout(builder, tokenizer):

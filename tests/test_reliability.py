@@ -3,13 +3,7 @@
 The slower ones (Redis outage under load, 3x overload, fuzzing at a large budget) run from the script;
 their figures are in docs/operations.md."""
 
-import sys
-from pathlib import Path
-
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "loadtests"))
-reliability = pytest.importorskip("reliability")
+from loadtests import reliability
 
 
 def test_engine_death_makes_the_service_unready_then_exit(tmp_path):

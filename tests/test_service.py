@@ -1,42 +1,38 @@
 """The gateway end to end: a real redis-server, the real patched vLLM engine, the app under uvicorn.
 
-One service (engine + Redis) for the module, called over HTTP; tests that change a setting do it on
-the running services and put it back. The metrics test reads what the tests before it did; the fuzz
-test, which may change the catalog, comes last.
+One service (engine + Redis) for the module, called over HTTP. No test depends on another having run:
+tests that change a setting do it on the running services and put it back, tests that change the
+catalog restore it, and each test makes the requests its assertions are about.
 """
 
 import json
 import os
-import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 import redis
 import uvicorn
 
-from hatllm.beam_search import constrained_beam_search
-from hatllm.modeling import load_model
-from hatllm.baselines.sasrec import load_fusion
-from hatllm.catalog import ModelCatalog
-from hatllm.fusion import ItemPrior
-from tests.conftest import TITLES
+from hatllm.core.catalog import ModelCatalog
+from hatllm.core.fusion import ItemPrior
+from hatllm.reference.modeling import load_model
+from hatllm.reference.search import constrained_beam_search
+from hatllm.sasrec import load_fusion
+from tests.helpers import TITLES, require
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-pytest.importorskip("vllm")
+require("vllm")
 
+from loadtests.local_service import free_port  # noqa: E402
+from loadtests.reliability import fuzz_schema  # noqa: E402
 from service.api import create_app  # noqa: E402
 from service.keys import Keys  # noqa: E402
 from service.redis_server import EmbeddedRedis  # noqa: E402
 from service.settings import Settings  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "loadtests"))
-from local_service import free_port  # noqa: E402
-from reliability import fuzz_schema  # noqa: E402
 
 HISTORIES = {"alice": ["1", "3", "7"], "bob": ["2", "8"], "carol": ["6", "1", "2", "3"]}
 POPULARITY = Counter({"3": 9, "1": 7, "2": 5, "8": 4, "7": 3, "6": 2, "5": 1, "4": 1})
@@ -104,6 +100,20 @@ def recommend(client, **body):
     return client.post("/recommend", json=body)
 
 
+@pytest.fixture
+def catalog_restored(client, raw_redis):
+    """Put the catalog back as it was after the test (a new version, so the service reloads it)."""
+    titles = raw_redis.hgetall(KEYS.catalog)
+    yield
+    raw_redis.delete(KEYS.catalog)
+    raw_redis.hset(KEYS.catalog, mapping=titles)
+    version = raw_redis.incr(KEYS.catalog_version)
+    deadline = time.monotonic() + 10
+    while client.get("/catalog").json().get("version") != version:
+        assert time.monotonic() < deadline, "the service did not reload the restored catalog"
+        time.sleep(0.1)
+
+
 def test_loader_imports_a_dataset_idempotently(redis_server, tiny_dataset):
     """`python -m service.loader` into its own key prefix: catalog, histories, popularity; twice = once."""
     from service.loader import main as loader
@@ -132,7 +142,8 @@ def test_recommendation_equals_reference_search(client, hat_checkpoint, builder)
     response = recommend(client, user_id="alice", k=4)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["strategy"] == "model" and body["history_length"] == 3 and body["catalog_version"] == 1
+    assert body["strategy"] == "model" and body["history_length"] == 3
+    assert body["catalog_version"] == client.get("/catalog").json()["version"]
     assert body["pipeline"] == "llm+sasrec"
     catalog = ModelCatalog.for_checkpoint(hat_checkpoint, TITLES, POPULARITY)
     prompt = catalog.prompt(HISTORIES["alice"])
@@ -319,9 +330,18 @@ def test_prompt_too_long_for_the_engine_is_422(client, services):
     assert response.status_code == 422 and response.json()["error"]["code"] == "history_too_long"
 
 
-def test_metrics_exposed(client):
+def test_metrics_exposed(client, services):
     recommend(client, user_id="stranger2", k=2)
     recommend(client, user_id="alice", k=2)
+    assert recommend(client, user_id="alice", k=0).status_code == 422
+    events = [{"user_id": "metrics", "item_id": item} for item in ["1", "2", "3", "4", "5"]]
+    assert client.post("/events", json={"events": events}).json() == {"accepted": 5}
+    with_settings(services, max_in_flight=1)
+    services.recommender.in_flight = 1
+    try:
+        assert recommend(client, user_id="alice", k=2).status_code == 429
+    finally:
+        services.recommender.in_flight = 0
     # An item added after training shares the code of "Heat (1995)": telling the two apart takes beams
     # that extend the prompt, which the tail store serves.
     assert client.put("/admin/catalog/items", json={"items": [{"item_id": "90", "title": "Heat 2 (2025)"}]}).status_code == 200
@@ -352,9 +372,9 @@ def test_metrics_exposed(client):
     assert sum(v for name, v in samples.items() if name.startswith("vllm:external_prefix_cache_hits_total")) > 0
     assert not any("alice" in name for name in samples)  # no user ids in labels
 
-def test_fuzzed_requests_never_get_500(client):
-    """Generated inputs for every operation of the OpenAPI schema (admin ones included, so it runs
-    last): JSON answers, no 5xx but the documented 503s."""
+def test_fuzzed_requests_never_get_500(client, catalog_restored):
+    """Generated inputs for every operation of the OpenAPI schema, admin ones included: JSON answers,
+    no 5xx but the documented 503s."""
     statuses = fuzz_schema(str(client.base_url).rstrip("/"), int(os.environ.get("HATREC_FUZZ_EXAMPLES", "25")))
     assert sum(statuses.values()) >= 25 and 0 not in statuses
     assert all(status < 500 or status == 503 for status in statuses), statuses

@@ -1,6 +1,6 @@
 // Paged attention for HatLLM's IN and CR layers on CPU: each query attends to at most two contiguous
 // key ranges plus itself, read straight from the layer's slot-major cache rows. No mask tensor, no
-// gather. The ranges are hatllm.masks.layer_mask written as intervals (tests check they agree).
+// gather. The ranges are hatllm.core.masks.layer_mask written as intervals (tests check they agree).
 //
 // The inner loops work on 16 floats at a time through GCC/Clang vector extensions, which the compiler maps
 // to the machine's SIMD (AVX-512, AVX2, NEON); head sizes are multiples of 16 (all vLLM's CPU head sizes).
@@ -14,8 +14,12 @@
 
 namespace {
 
-constexpr int64_t kIN = 0;
-constexpr int64_t kCR = 2;
+// Layer type codes: defined once in hatllm/core/layers.py, passed in by model_patch/kernels.py.
+#if !defined(HAT_LAYER_IN) || !defined(HAT_LAYER_CR)
+#error "build through model_patch.kernels, which defines HAT_LAYER_IN and HAT_LAYER_CR"
+#endif
+constexpr int64_t kIN = HAT_LAYER_IN;
+constexpr int64_t kCR = HAT_LAYER_CR;
 constexpr int64_t kLanes = 16;
 
 typedef float floatx16 __attribute__((vector_size(64)));
@@ -198,7 +202,7 @@ void weighted_values(ValueRow value, int64_t head_dim, const std::pair<int64_t, 
 void hat_attention(torch::Tensor query, torch::Tensor rows, torch::Tensor output, torch::Tensor query_start_loc,
                    torch::Tensor seq_lens, torch::Tensor query_pos, torch::Tensor starts, torch::Tensor first_item,
                    torch::Tensor block_table, int64_t block_size, double scale, int64_t layer_type) {
-  TORCH_CHECK(layer_type == kIN || layer_type == kCR, "layer_type must be IN (0) or CR (2)");
+  TORCH_CHECK(layer_type == kIN || layer_type == kCR, "layer_type must be the code of IN (", kIN, ") or CR (", kCR, ")");
   const int64_t heads = query.size(1), head_dim = query.size(2);
   const int64_t kv_heads = rows.size(1), group = heads / kv_heads;
   const int64_t num_requests = seq_lens.size(0);

@@ -1,0 +1,43 @@
+"""Decode-time fusion (D3-style): a second recommender's item distribution steers the constrained search.
+
+At a trie node the search scores each allowed child token by the LLM's logit plus ``weight`` times the log
+of the prior's probability mass of that child's live subtree, renormalised over the allowed children
+(a product of experts at every step). Where a child holds one item (an item code), that is the LLM's
+logit plus ``weight`` times the prior's log-probability of the item; where a branch holds many (a shared
+code, a title prefix), the prior speaks for all of them at once. Items are numbered in trie order, so
+each subtree's mass is one difference of prefix sums: O(1) per child.
+
+The same bias is what a vLLM request carries as ``logit_bias``: the engine applies it before the allowed
+tokens are renormalised (``processed_logprobs``), so the engine search and the reference search stay
+equal. Items the prior does not know (added after it was trained) get its lowest log-probability.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import accumulate
+from typing import Mapping
+
+from hatllm.core.trie import TrieView
+
+BIAS_LIMIT = 100.0  # vLLM clamps every logit_bias value to +-100 (SamplingParams.from_optional)
+
+
+class ItemPrior:
+    def __init__(self, view: TrieView, log_probs: Mapping[str, float], weight: float):
+        trie = view.trie
+        self.trie, self.view, self.weight = trie, view, weight
+        floor = min(log_probs.values(), default=0.0)
+        top = max(log_probs.values(), default=0.0)  # shift before exp: masses stay representable
+        masses = [math.exp(log_probs.get(item, floor) - top) if view.is_live(item) else 0.0 for item in trie.item_order]
+        self._cumulative = [0.0, *accumulate(masses)]
+
+    def log_mass(self, node: int) -> float:
+        mass = self._cumulative[self.trie.span_end[node]] - self._cumulative[self.trie.span_start[node]]
+        return math.log(mass) if mass > 0 else -math.inf
+
+    def logit_bias(self, node: int) -> dict[int, float]:
+        """Token -> bias for the allowed children of `node`: `weight` x the log of the share of the node's
+        live mass under each child (<= 0), clamped as vLLM clamps ``logit_bias``."""
+        parent = self.log_mass(node)
+        return {tok: max(-BIAS_LIMIT, self.weight * (self.log_mass(child) - parent)) for tok, child in self.view.allowed(node)}

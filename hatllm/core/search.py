@@ -1,0 +1,126 @@
+"""Catalog-constrained beam search: one algorithm, driven by any scorer (HF reference or vLLM engine).
+
+Scores. At each step the model's next-token distribution is renormalised over the tokens the trie
+allows at that node (for this request's view); an item's score is the sum of those log-probabilities
+along its title and close delimiter, i.e. its log-probability under the model *restricted to the allowed
+items*. A token the trie forces (one allowed child) therefore adds exactly 0 and needs no model step:
+chains of forced tokens are appended at once. Scores are not length normalised.
+
+Search. Active beams start at the trie root. Each model step scores every active beam; each beam proposes
+its `beam_width` best allowed tokens (standard beam search: a candidate outside its beam's top never
+survives against a full beam set). Candidates that reach a leaf (the close delimiter) are finished; the
+best `beam_width` unfinished ones stay active. The search stops when no beam is active, or when the
+finished leaves hold at least `num_items` live items that all score at least as high as the best active
+beam (scores only decrease). The result is the finished leaves by score (ties by leaf id), expanded into
+their items in the trie's tie order. It comes back shorter than `num_items` only when the view holds
+fewer live items (`SearchResult.available`).
+
+`TrieBeamSearch` holds the state and never calls a model: a driver asks `active` beams to be scored,
+passes the answers to `advance`, and repeats until `done`. `hatllm.reference.search` drives it with
+the HF reference model; `model_patch.engine_topk` drives it with the vLLM engine, batching many searches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from hatllm.core.fusion import ItemPrior
+from hatllm.core.trie import ROOT, TrieView
+
+MAX_BEAM_WIDTH = 100  # the widest search the service and the engine accept (the engine's max_logprobs)
+
+
+@dataclass(frozen=True)
+class Beam:
+    tokens: tuple[int, ...]
+    node: int
+    score: float
+
+
+@dataclass
+class SearchResult:
+    items: list[tuple[str, float]]  # (item id, score), best first
+    model_steps: int  # scoring rounds; each scores all active beams at once
+    available: int  # live items in the request's view: fewer than asked means the list is complete
+
+    @property
+    def exhausted(self) -> bool:
+        """True when fewer items could be returned than asked because fewer exist."""
+        return len(self.items) == self.available
+
+
+class TrieBeamSearch:
+    def __init__(self, view: TrieView, num_items: int, beam_width: int | None = None, prior: ItemPrior | None = None):
+        """`beam_width`: default `num_items`. `prior`: a second recommender fused into every step's scores
+        (`fusion`); None for the LLM alone."""
+        beam_width = beam_width or num_items
+        if num_items < 1:
+            raise ValueError("num_items must be at least 1")
+        if not 1 <= beam_width <= MAX_BEAM_WIDTH:
+            raise ValueError(f"beam_width must be in 1..{MAX_BEAM_WIDTH}, got {beam_width}")
+        self.view, self.num_items, self.beam_width, self.prior = view, num_items, beam_width, prior
+        self.finished: list[tuple[float, int]] = []  # (score, leaf)
+        self.active: list[Beam] = []
+        self.model_steps = 0
+        if view.live_count(ROOT) > 0:
+            self._admit([Beam((), ROOT, 0.0)])
+
+    @property
+    def done(self) -> bool:
+        return not self.active
+
+    def allowed_tokens(self, beam: Beam) -> list[int]:
+        return [tok for tok, _ in self.view.allowed(beam.node)]
+
+    def logit_bias(self, beam: Beam) -> dict[int, float] | None:
+        """What to add to the model's logits of the allowed tokens before renormalising (fusion)."""
+        return self.prior.logit_bias(beam.node) if self.prior is not None else None
+
+    def advance(self, logprobs: Sequence[Mapping[int, float]]) -> None:
+        """`logprobs[i]`: allowed next tokens of `active[i]` -> log-probability renormalised over the
+        allowed tokens; at least the beam's `beam_width` best (more are ignored)."""
+        if len(logprobs) != len(self.active):
+            raise ValueError(f"{len(logprobs)} answers for {len(self.active)} active beams")
+        self.model_steps += 1
+        candidates = []
+        for b, (beam, scored) in enumerate(zip(self.active, logprobs)):
+            children = self.view.trie.children[beam.node]
+            best = sorted(scored.items(), key=lambda t: (-t[1], t[0]))[: self.beam_width]
+            candidates += [(beam.score + lp, b, tok, children[tok]) for tok, lp in best]
+        candidates.sort(key=lambda c: (-c[0], c[2], c[1]))
+        self.finished += [(score, child) for score, _, _, child in candidates if self.view.is_leaf(child)]
+        unfinished = [c for c in candidates if not self.view.is_leaf(c[3])][: self.beam_width]
+        parents = self.active
+        self._admit([Beam(parents[b].tokens + (tok,), child, score) for score, b, tok, child in unfinished])
+
+    def _admit(self, beams: list[Beam]) -> None:
+        """Make `beams` (best first) active, after appending the tokens the trie forces."""
+        self.active = []
+        for beam in beams:
+            beam = self._follow_forced(beam)
+            if self.view.is_leaf(beam.node):
+                self.finished.append((beam.score, beam.node))
+            else:
+                self.active.append(beam)
+        ranked = self.ranked()
+        if self.active and len(ranked) == self.num_items and ranked[-1][1] >= self.active[0].score:
+            self.active = []
+
+    def _follow_forced(self, beam: Beam) -> Beam:
+        while not self.view.is_leaf(beam.node):
+            allowed = self.view.allowed(beam.node)
+            if len(allowed) != 1:
+                break
+            tok, child = allowed[0]
+            beam = Beam(beam.tokens + (tok,), child, beam.score)
+        return beam
+
+    def ranked(self) -> list[tuple[str, float]]:
+        items = []
+        for score, leaf in sorted(self.finished, key=lambda f: (-f[0], f[1])):
+            items += [(item, score) for item in self.view.items(leaf)]
+        return items[: self.num_items]
+
+    def result(self) -> SearchResult:
+        return SearchResult(self.ranked(), self.model_steps, self.view.live_count(ROOT))

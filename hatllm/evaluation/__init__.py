@@ -1,0 +1,1 @@
+"""Offline evaluation: metrics, the evaluation CLI, baselines, reports and plots."""

@@ -1,0 +1,1 @@
+"""Training: tokenizer, the LLM recommender, the SASRec teacher, fusion tuning, the recipe, the default model."""

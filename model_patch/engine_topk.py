@@ -1,0 +1,102 @@
+"""Catalog-constrained top-K on the (patched) vLLM engine: `hatllm.core.search` driven by vLLM requests.
+
+Each scoring round of a search sends every active beam to the engine as one request of one token:
+the prompt plus the beam's tokens, `allowed_token_ids` = the trie's live children at the beam's node,
+and `logprobs = beam_width`. The engine runs with `logprobs_mode="processed_logprobs"`, so the returned
+log-probabilities are taken after the allowed-token mask, i.e. renormalised over the allowed tokens
+exactly as the reference search does.
+
+Why this is fast on vLLM 0.32 although each beam step is a new request:
+- the tokens the trie forces cost no request at all (`TrieBeamSearch` appends them);
+- automatic prefix caching keeps the prompt (and every beam's earlier tokens) prefilled in full KV blocks,
+  and the tail store (`model_patch.kv_tail`, a vLLM KV connector) keeps each request's partial last
+  block: a beam request computes only its new tokens;
+- all beams of a round, and the rounds of all concurrent searches, are submitted together, so the engine
+  batches them into the same steps;
+- a request carries only what the sampler needs (no detokenization, final output only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from hatllm.core.fusion import ItemPrior
+from hatllm.core.search import MAX_BEAM_WIDTH, Beam, SearchResult, TrieBeamSearch
+from hatllm.core.trie import TrieView
+from model_patch.kv_tail import DEFAULT_MAX_TAILS, kv_tail_transfer_config
+
+# Engine settings the search depends on; everything else (dtype, KV cache, parallelism) is the caller's.
+REQUIRED_ENGINE_ARGS = dict(
+    logprobs_mode="processed_logprobs",
+    max_logprobs=MAX_BEAM_WIDTH,
+    enable_prefix_caching=True,
+)
+
+
+def engine_args(model: str, kv_tails: int = DEFAULT_MAX_TAILS, **overrides: Any) -> AsyncEngineArgs:
+    """Engine arguments for top-K serving of `model` (any HatLLM or plain checkpoint vLLM can load).
+
+    `kv_tails` > 0 keeps that many prompts' partial last KV blocks for the beams that extend them
+    (`model_patch.kv_tail`); 0 leaves vLLM's full-block prefix caching alone.
+    """
+    conflicts = {k: v for k, v in overrides.items() if k in REQUIRED_ENGINE_ARGS and v != REQUIRED_ENGINE_ARGS[k]}
+    if conflicts:
+        raise ValueError(f"constrained top-K needs the engine settings {REQUIRED_ENGINE_ARGS}, got {conflicts}")
+    if kv_tails:
+        overrides["kv_transfer_config"] = kv_tail_transfer_config(kv_tails)
+    return AsyncEngineArgs(model=model, **{**overrides, **REQUIRED_ENGINE_ARGS})
+
+
+def start_engine(args: AsyncEngineArgs) -> AsyncLLM:
+    """An `AsyncLLM` for `args`.
+
+    With `distributed_executor_backend="uni"` the model worker runs inside the engine-core process, as vLLM
+    does for one GPU; on CPU that saves the hop to a separate worker process, whose waiting engine core spins
+    on a core the worker's threads need (+20-30% top-K throughput at low concurrency on 2 cores,
+    docs/topk_decoding.md). vLLM's CPU platform turns "uni" into "mp" while it builds the config (unless
+    multiprocessing is off process-wide); the executor is chosen from the finished config, so asking for
+    "uni" again there is enough. AsyncLLM runs its engine core in its own process either way.
+    """
+    config = args.create_engine_config()
+    if args.distributed_executor_backend == "uni":
+        config.parallel_config.distributed_executor_backend = "uni"
+    return AsyncLLM.from_vllm_config(config, enable_log_requests=args.enable_log_requests,
+                                     disable_log_stats=args.disable_log_stats)
+
+
+class EngineTopK:
+    """Runs constrained beam searches on an `AsyncLLM`; safe to call from many tasks at once."""
+
+    def __init__(self, engine: AsyncLLM):
+        self.engine = engine
+        self._ids = itertools.count()
+
+    async def search(self, prompt: list[int], view: TrieView, num_items: int, beam_width: int | None = None,
+                     prior: ItemPrior | None = None) -> SearchResult:
+        search = TrieBeamSearch(view, num_items, beam_width, prior)
+        while not search.done:
+            answers = await asyncio.gather(*(self._score(prompt, beam, search) for beam in search.active))
+            search.advance(answers)
+        return search.result()
+
+    async def _score(self, prompt: list[int], beam: Beam, search: TrieBeamSearch) -> dict[int, float]:
+        allowed = search.allowed_tokens(beam)
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, allowed_token_ids=allowed, logprobs=search.beam_width,
+            logit_bias=search.logit_bias(beam), detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        request_id = f"topk-{next(self._ids)}"
+        final = None
+        async for output in self.engine.generate({"prompt_token_ids": prompt + list(beam.tokens)}, params, request_id):
+            final = output
+        top = final.outputs[0].logprobs[0]
+        allowed_set = set(allowed)
+        # With fewer allowed tokens than `logprobs`, the top list also holds masked tokens (-inf): drop them.
+        return {tok: lp.logprob for tok, lp in top.items() if tok in allowed_set}

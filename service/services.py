@@ -1,0 +1,95 @@
+"""What a request needs, built once per process by the app's lifespan: Redis, the store, the catalog,
+the engine and the recommender, plus the watchers that keep their state current."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from transformers import AutoConfig, AutoTokenizer
+
+from hatllm.core.item_codes import ItemCodes
+from hatllm.core.prompt import PromptBuilder
+from hatllm.sasrec import load_fusion
+
+from . import metrics
+from .catalog import CatalogCache
+from .engine import Engine
+from .keys import Keys
+from .recommender import Recommender
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Services:
+    def __init__(self, settings: Settings, request_exit: Callable[[], None] | None = None):
+        config = AutoConfig.from_pretrained(settings.model_path)
+        if settings.max_history is None:  # the history length the model was trained with
+            settings = settings.model_copy(update={"max_history": getattr(config, "hat_max_history", None) or 20})
+        self.settings = settings
+        # How to stop the server when the engine dies: the runner's hook (python -m service exits with
+        # code 3), else SIGTERM to this process (uvicorn shuts down gracefully, then dies by the signal).
+        self.request_exit = request_exit or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+        self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=settings.redis_timeout_s,
+                                    socket_connect_timeout=settings.redis_timeout_s, health_check_interval=5)
+        self.store = Store(self.redis, Keys(settings.redis_prefix), settings.history_cap)
+        tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+        self.builder = PromptBuilder.from_model_config(tokenizer, config)
+        self.catalog = CatalogCache(self.store, self.builder, ItemCodes.load(settings.model_path))
+        self.engine = Engine(settings)
+        fusion = load_fusion(settings.model_path) if settings.fusion else None
+        self.recommender = Recommender(settings, self.store, self.catalog, self.engine, fusion)
+        self._watchers: list[asyncio.Task] = []
+        self.engine_failed = False
+
+    async def start(self) -> None:
+        self.engine.start()
+        try:
+            await self.catalog.refresh()
+        except RedisError as exc:  # not ready until Redis answers; the watcher keeps trying
+            log.warning("Redis unavailable at start: %s", exc)
+        self._watchers = [asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s)),
+                          asyncio.create_task(self.watch_health(self.settings.catalog_poll_s))]
+
+    async def checks(self) -> dict[str, bool]:
+        """What /readyz reports, also exported as hatrec_dependency_up."""
+        try:
+            redis_ok = await self.store.ping()
+        except RedisError:
+            redis_ok = False
+        checks = {"redis": redis_ok, "catalog": self.catalog.current is not None, "engine": self.engine.ready}
+        for name, ok in checks.items():
+            metrics.DEPENDENCY_UP.labels(name).set(int(ok))
+        return checks
+
+    async def watch_health(self, interval_s: float) -> None:
+        while True:
+            try:
+                checks = await self.checks()
+                if not checks["engine"] and self.engine.started and not self.engine_failed:
+                    self._on_engine_failure()
+            except Exception:  # a metrics refresh must never stop for good
+                log.exception("health check failed")
+            await asyncio.sleep(interval_s)
+
+    def _on_engine_failure(self) -> None:
+        """vLLM does not restart a dead engine core: leave it to the supervisor (exit code 3), after a
+        grace period in which /readyz is unready, so load balancers stop sending traffic first."""
+        self.engine_failed = True
+        delay = self.settings.exit_on_engine_failure_s
+        log.error("the vLLM engine died%s", f"; exiting in {delay} s" if delay is not None else "")
+        if delay is not None:
+            asyncio.get_running_loop().call_later(delay, self.request_exit)
+
+    async def stop(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        self.engine.shutdown()
+        await self.redis.aclose()
