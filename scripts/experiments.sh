@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 data=$1 name=$2 schedules=${3:-hat causal} seeds=${4:-0} epochs=${5:-20} threads=${THREADS:-0}
 py=.venv/bin/python runs=runs/$name out=docs/results/$name
 mkdir -p "$runs" "$out"
-[ -f "$runs/sasrec/sasrec.pt" ] || $py -m hatllm.sasrec --data "$data" --out "$runs/sasrec" --threads "$threads"
+[ -f "$runs/sasrec/sasrec.pt" ] || $py -m hatllm.training.sasrec --data "$data" --out "$runs/sasrec" --threads "$threads"
 for seed in $seeds; do
   for schedule in $schedules; do
     dir=$runs/$schedule-s$seed
