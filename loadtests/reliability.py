@@ -289,11 +289,23 @@ def bad_input(workdir: Path, examples: int) -> dict:
             ("PUT", "/admin/catalog/items", json.dumps({"items": [{"item_id": "z1", "title": "\u00e9\u6f22 \U0001f600 (2026)"}]}).encode()),
             ("PUT", "/admin/catalog/items", json.dumps({"items": [{"item_id": "z2", "title": "   "}]}).encode()),
             ("GET", "/catalog/items/%00%ff", b""),
+            # Non-finite numbers, lone surrogates in every text field, coercible values, odd timestamps (#13).
+            *[("POST", "/recommend", b'{"user_id": "1", "k": ' + k + b"}") for k in (b"NaN", b"Infinity", b"-Infinity", b"1e400", b"true", b'"5"')],
+            ("POST", "/recommend", b'{"user_id": "\\ud800", "k": 3}'),
+            ("POST", "/recommend", b'{"user_id": "1", "history": ["\\ud800"]}'),
+            ("POST", "/events", b'{"user_id": "1", "item_id": "\\ud800"}'),
+            ("PUT", "/admin/catalog/items", b'{"items": [{"item_id": "z3", "title": "\\ud800 (2026)"}]}'),
+            *[("POST", "/events", b'{"user_id": "u", "item_id": "1", "timestamp": ' + t + b"}") for t in (b"NaN", b"1e12", b"-1e12")],
         ]
         with httpx.Client(base_url=url, timeout=30) as client:
             for method, path, body in hand_made:
                 tried += 1
                 status = client.request(method, path, content=body, headers={"content-type": "application/json"}).status_code
+                statuses[status] = statuses.get(status, 0) + 1
+            for headers in ({"content-type": "text/plain"}, {"content-type": "application/json", "X-API-Key": "\u00e9".encode()}):
+                tried += 1
+                status = client.post("/recommend" if "X-API-Key" not in headers else "/events",
+                                     content=b"\xff\xfe not utf-8", headers=headers).status_code
                 statuses[status] = statuses.get(status, 0) + 1
     figures = dict(inputs_tried=tried, statuses=dict(sorted(statuses.items())),
                    server_errors=sum(n for s, n in statuses.items() if s >= 500 and s != 503))

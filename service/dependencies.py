@@ -21,5 +21,6 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 def require_api_key(services: ServicesDep, key: str | None = Security(APIKeyHeader(name="X-API-Key", auto_error=False))):
     expected = services.settings.api_key
-    if expected is not None and not (key and secrets.compare_digest(key, expected.get_secret_value())):
+    # As bytes: compare_digest refuses non-ASCII str, and a header may carry any byte.
+    if expected is not None and not (key and secrets.compare_digest(key.encode(), expected.get_secret_value().encode())):
         raise ServiceError(401, "unauthorized", "this endpoint needs a valid X-API-Key header")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
@@ -39,6 +38,11 @@ def catalog_unavailable(retry_after: int) -> ServiceError:
     return ServiceError(503, "catalog_unavailable", "no catalog loaded yet", retry_after=retry_after)
 
 
+def encodable(value):
+    """`value`, with any text that UTF-8 cannot encode (a lone surrogate in a field name) escaped."""
+    return value.encode("utf-8", "backslashreplace").decode() if isinstance(value, str) else value
+
+
 def error_response(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
     return JSONResponse(error_body(code, message, details), status, headers=headers)
 
@@ -52,7 +56,10 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request, exc: RequestValidationError):
-        details = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        # Where and why, not the offending input: echoing it back could not always be encoded (NaN, lone
+        # surrogates, undecodable bytes) and would turn a 422 into a 500.
+        details = [{"loc": [encodable(part) for part in error["loc"]], "type": error["type"], "msg": encodable(error["msg"])}
+                   for error in exc.errors()]
         return error_response(422, "invalid_request", "the request does not match the API schema", details)
 
     @app.exception_handler(RedisError)

@@ -22,21 +22,28 @@ class BodySizeLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await self._refuse(send)
         received = 0
-        started = False
+        started = too_large = replaced = False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    too_large = True
                     raise BodyTooLarge
             return message
 
         async def tracking_send(message):
-            nonlocal started
+            nonlocal started, replaced
+            # The app answering a body it could not read (FastAPI makes the error a 400): answer for it.
+            replaced = replaced or (too_large and not started)
+            if replaced:
+                if message["type"] == "http.response.start":
+                    await self._refuse(send)
+            else:
+                await send(message)
             started = started or message["type"] == "http.response.start"
-            await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)

@@ -1,19 +1,35 @@
-"""Request and response bodies (pydantic). Unknown fields are refused everywhere."""
+"""Request and response bodies (pydantic). Requests are strict: unknown fields are refused, and no value
+is coerced (`"k": "5"` or `true` is not a number, a timestamp is a finite number in range)."""
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from hatllm.core.search import MAX_BEAM_WIDTH
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=128, strip_whitespace=False)]
-Title = Annotated[str, StringConstraints(min_length=1, max_length=1000)]
+LATEST_TIMESTAMP = 4_102_444_800.0  # 2100-01-01 in seconds: anything later is a unit mistake (ms, us)
+
+
+def plain_text(value: str) -> str:
+    """Refuse text Redis and the tokenizer cannot take as it is: lone surrogates, control characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(plain_text)]
+Title = Annotated[str, StringConstraints(min_length=1, max_length=1000), AfterValidator(plain_text)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Filters(Strict):
@@ -54,7 +70,8 @@ class RecommendResponse(BaseModel):
 class Event(Strict):
     user_id: Id
     item_id: Id
-    timestamp: float | None = Field(None, description="seconds since the epoch; orders the events of one call")
+    timestamp: float | None = Field(None, ge=0, le=LATEST_TIMESTAMP, allow_inf_nan=False,
+                                    description="seconds since the epoch; orders the events of one call")
 
 
 class EventBatch(Strict):

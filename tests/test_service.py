@@ -205,12 +205,81 @@ def test_bad_input_is_422_naming_the_field(client, body, field):
     assert error["code"] == "invalid_request" and field in json.dumps(error["details"])
 
 
+# Each of these answered 500 before the error handler stopped echoing inputs back and ids and titles
+# refused lone surrogates (#13): JSON's non-finite numbers, a surrogate in every kind of text field.
+UNENCODABLE_BODIES = [
+    ("/recommend", b'{"user_id": "alice", "k": NaN}'), ("/recommend", b'{"user_id": "alice", "k": Infinity}'),
+    ("/recommend", b'{"user_id": "alice", "k": -Infinity}'), ("/recommend", b'{"user_id": "alice", "k": 1e400}'),
+    ("/recommend", b'{"user_id": "\\ud800", "k": 2}'), ("/recommend", b'{"user_id": "a", "history": ["\\ud800"]}'),
+    ("/events", b'{"user_id": "a", "item_id": "\\ud800"}'), ("/events", b'{"user_id": "\\ud800", "item_id": "1"}'),
+    ("/recommend", b'{"user_id": "a", "\\ud800": 1}'),
+]
+
+
+@pytest.mark.parametrize("path, body", UNENCODABLE_BODIES)
+def test_unencodable_inputs_are_422_not_500(client, path, body):
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request", response.text
+
+
+def test_surrogate_title_and_bad_bytes_are_4xx(client):
+    title = client.put("/admin/catalog/items", content=b'{"items": [{"item_id": "s1", "title": "\\ud800 (2001)"}]}',
+                       headers={"content-type": "application/json"})
+    assert title.status_code == 422, title.text
+    control = client.put("/admin/catalog/items", json={"items": [{"item_id": "s1", "title": "Bell\u0007 (2001)"}]})
+    assert control.status_code == 422, control.text
+    not_utf8 = client.post("/recommend", content=b"\xff\xfe{not utf-8", headers={"content-type": "text/plain"})
+    assert not_utf8.status_code == 422 and not_utf8.json()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"user_id": "alice", "k": True}, "k"), ({"user_id": "alice", "k": "5"}, "k"), ({"user_id": "alice", "k": 5.0}, "k"),
+    ({"user_id": "alice", "exclude_seen": "yes"}, "exclude_seen"), ({"user_id": 7}, "user_id"),
+])
+def test_no_value_is_coerced(client, body, field):
+    response = client.post("/recommend", json=body)
+    assert response.status_code == 422 and field in json.dumps(response.json()["error"]["details"])
+
+
+@pytest.mark.parametrize("timestamp", [b"NaN", b"Infinity", b"-1e12", b"1e12", b'"5"'])
+def test_event_timestamps_are_finite_seconds(client, timestamp):
+    body = b'{"user_id": "ts", "item_id": "1", "timestamp": ' + timestamp + b"}"
+    assert client.post("/events", content=body, headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_non_ascii_api_key_is_401(client, services):
+    from pydantic import SecretStr
+
+    with_settings(services, api_key=SecretStr("s3cret"))
+    response = client.post("/events", json={"user_id": "x", "item_id": "1"}, headers={"X-API-Key": "s3cr\u00e9t".encode()})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
+
+
+def test_exclude_seen_covers_the_whole_stored_history(client, raw_redis, services):
+    """A history longer than the prompt's (max_history): every stored item is excluded, not only the recent ones."""
+    with_settings(services, max_history=3)
+    items = sorted(TITLES)[:6]
+    history = [items[i % len(items)] for i in range(50)]  # 50 events over 6 items; the prompt holds the last 3
+    raw_redis.delete(KEYS.history("fifty"))
+    raw_redis.rpush(KEYS.history("fifty"), *history)
+    older_only = set(history[:-3]) - set(history[-3:])
+    assert older_only  # items seen long ago, not in the prompt
+    body = recommend(client, user_id="fifty", k=8).json()
+    assert body["history_length"] == 3
+    assert {i["item_id"] for i in body["items"]} == set(TITLES) - set(history)
+    shown = {i["item_id"] for i in recommend(client, user_id="fifty", k=8, exclude_seen=False).json()["items"]}
+    assert older_only <= shown  # only exclusion kept them out
+
+
 def test_malformed_and_oversized_bodies(client):
     response = client.post("/recommend", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_request"
     huge = json.dumps({"user_id": "alice", "history": ["1"] * 400_000})
     response = client.post("/recommend", content=huge, headers={"content-type": "application/json"})
     assert response.status_code == 422 and response.json()["error"]["code"] == "body_too_large"
+    chunked = client.post("/recommend", content=iter([huge.encode()[i:i + 65536] for i in range(0, len(huge), 65536)]),
+                          headers={"content-type": "application/json"})  # no content-length: counted as it arrives
+    assert chunked.status_code == 422 and chunked.json()["error"]["code"] == "body_too_large"
     assert client.get("/nowhere").json()["error"]["code"] == "not_found"
 
 
