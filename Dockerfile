@@ -56,12 +56,14 @@ CMD ["python", "-m", "service"]
 
 # ---- CPU runtime (the default target: last stage) ----------------------------------------------
 FROM ${PYTHON_IMAGE} AS cpu
-# g++: the IN/CR attention kernel is compiled for the host CPU on first start (-march=native), into
-# TORCH_EXTENSIONS_DIR; libgomp for torch's OpenMP; numactl libs for vLLM's CPU worker.
+# g++: the IN/CR attention kernel is compiled (-march=native) at image build, into TORCH_EXTENSIONS_DIR;
+# a node whose CPU has other features rebuilds it once when the service starts (model_patch/kernels.py),
+# before /readyz turns 200. libgomp for torch's OpenMP; numactl libs for vLLM's CPU worker.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++ libgomp1 libnuma1 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 hatrec
+    && useradd --create-home --uid 10001 hatrec \
+    && mkdir -p /var/lib/hatrec/keys && chown hatrec /var/lib/hatrec/keys
 COPY --from=build-cpu /opt/venv /opt/venv
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
@@ -73,6 +75,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HATREC_DATASET=/data/ml-latest-small \
     HATREC_KV_CACHE_GIB=2
 USER 10001
+RUN python -m model_patch.kernels
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]

@@ -1,5 +1,10 @@
 """Reliability scenarios against a real local service (its own redis-server, the real engine).
 
+    python -m loadtests.reliability first-start       # empty kernel cache: built before ready, first request fast
+    python -m loadtests.reliability open-on-network   # no API keys on a network address: refuses to start
+    python -m loadtests.reliability security          # key scopes, the history probe, a huge title
+    python -m loadtests.reliability exclude-seen      # a 50-event user: none of their items comes back
+    python -m loadtests.reliability redis-kill        # the main job's own redis-server killed: restarted by it
     python -m loadtests.reliability redis-outage      # Redis killed and restarted under load
     python -m loadtests.reliability overload          # 3x the sustainable rate
     python -m loadtests.reliability engine-failure    # the vLLM engine core process killed
@@ -30,7 +35,7 @@ from pathlib import Path
 import httpx
 import redis
 
-from loadtests.local_service import free_port, running_service
+from loadtests.local_service import free_port, running_service, start_service, stop_service
 from service.keys import Keys
 from service.redis_server import EmbeddedRedis
 from service.settings import Settings
@@ -86,6 +91,31 @@ async def open_loop(url: str, rate: float, seconds: float, make_request) -> list
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios
+
+
+def embedded_redis_kill(workdir: Path) -> dict:
+    """The main job's own redis-server killed (SIGKILL): it is restarted, the service is ready again, and an
+    event acknowledged before the kill is still there."""
+    with running_service(workdir) as (url, process):
+        with httpx.Client(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+            check(client.post("/events", json={"user_id": "kill-test", "item_id": "1"}).status_code == 200, "event refused")
+            pids = subprocess.run(["pgrep", "-P", str(process.pid), "redis-server"], capture_output=True,
+                                  text=True).stdout.split()
+            check(len(pids) == 1, f"expected one embedded redis-server, found {pids}")
+            killed_at = time.monotonic()
+            os.kill(int(pids[0]), signal.SIGKILL)
+            ready_again = None
+            while time.monotonic() - killed_at < 30:
+                if client.get("/readyz").status_code == 200 and time.monotonic() - killed_at > 0.5:
+                    ready_again = time.monotonic() - killed_at
+                    break
+                time.sleep(0.1)
+            recommend_status = client.post("/recommend", json={"user_id": "kill-test", "k": 3}).json()
+    figures = dict(ready_again_after_s=round(ready_again, 2) if ready_again else None,
+                   history_after=recommend_status.get("history_length"))
+    check(ready_again is not None, "the service did not become ready again after its Redis was killed", figures)
+    check(figures["history_after"] == 1, "the acknowledged event was lost", figures)
+    return figures
 
 
 def redis_outage(workdir: Path) -> dict:
@@ -186,6 +216,32 @@ def overload(workdir: Path, sustainable_rps: float, max_in_flight: int) -> dict:
     return figures
 
 
+def first_start(workdir: Path, first_request_bound_s: float | None = 1.0) -> dict:
+    """A first start with an empty kernel cache (a new pod): the kernel is built before /readyz turns 200,
+    and the first recommendation after ready answers within a second (the bound is checked on a quiet
+    machine: CI runs this with other jobs and leaves it out)."""
+    kernels = workdir / "torch_extensions"
+    started = time.monotonic()
+    with running_service(workdir, torch_extensions_dir=kernels) as (url, _process):
+        ready_after = time.monotonic() - started
+        built = any(kernels.rglob("*.so"))
+        with httpx.Client(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+            sent = time.monotonic()
+            first = client.post("/recommend", json={"user_id": "1", "k": 10})
+            first_s = time.monotonic() - sent
+            second_s = time.monotonic()
+            client.post("/recommend", json={"user_id": "2", "k": 10})
+            second_s = time.monotonic() - second_s
+    figures = dict(ready_after_s=round(ready_after, 1), kernel_built_before_ready=built, first_status=first.status_code,
+                   first_request_s=round(first_s, 3), second_request_s=round(second_s, 3))
+    check(built, "/readyz turned 200 before the kernel was built", figures)
+    check(first.status_code == 200 and first.json()["strategy"] == "model", "the first recommendation failed", figures)
+    if first_request_bound_s is not None:
+        check(first_s <= first_request_bound_s, f"the first recommendation after ready took more than "
+                                                f"{first_request_bound_s} s", figures)
+    return figures
+
+
 def engine_failure(workdir: Path) -> dict:
     """Kill the engine core: unready + 503 at once, then the service exits (code 3) for its supervisor."""
     with running_service(workdir) as (url, process):
@@ -220,9 +276,67 @@ def engine_failure(workdir: Path) -> dict:
     return figures
 
 
+def open_on_network(workdir: Path) -> dict:
+    """No API keys on a non-loopback address: the service refuses to start (every route would be open)."""
+    log = workdir / "service.log"
+    process = start_service(free_port(), str(workdir / "redis"), log, {"HATREC_HOST": "0.0.0.0"})
+    try:
+        code = process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        stop_service(process)
+        code = None
+    figures = dict(exit_code=code, says_why="not a loopback address" in log.read_text())
+    check(code not in (None, 0) and figures["says_why"], "the service started open on a network address", figures)
+    return figures
+
+
+def security(workdir: Path) -> dict:
+    """Scoped keys: reads, writes and admin each need their scope; an allow-list with exclude_seen needs a
+    trusted key; a huge title is refused and never blocks anyone's recommendations."""
+    keys = [{"name": "reader", "key": "r", "scopes": ["read"]}, {"name": "writer", "key": "w", "scopes": ["write"]},
+            {"name": "admin", "key": "a", "scopes": ["admin"]}, {"name": "backend", "key": "t", "scopes": ["read", "trusted"]}]
+    with running_service(workdir, hatrec_api_keys=json.dumps(keys)) as (url, _process):
+        with httpx.Client(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+            as_ = lambda key: {"X-API-Key": key}  # noqa: E731
+            probe = {"user_id": "7", "k": 40, "filters": {"allow": ITEM_IDS}}
+            statuses = {
+                "recommend_without_key": client.post("/recommend", json={"user_id": "1"}).status_code,
+                "recommend_as_writer": client.post("/recommend", json={"user_id": "1"}, headers=as_("w")).status_code,
+                "recommend_as_reader": client.post("/recommend", json={"user_id": "1"}, headers=as_("r")).status_code,
+                "events_as_reader": client.post("/events", json={"user_id": "1", "item_id": "1"}, headers=as_("r")).status_code,
+                "events_as_writer": client.post("/events", json={"user_id": "1", "item_id": "1"}, headers=as_("w")).status_code,
+                "delete_as_writer": client.delete("/admin/catalog/items/1", headers=as_("w")).status_code,
+                "history_probe_as_reader": client.post("/recommend", json=probe, headers=as_("r")).status_code,
+                "history_probe_as_trusted": client.post("/recommend", json=probe, headers=as_("t")).status_code,
+                "huge_title_as_admin": client.put("/admin/catalog/items", headers=as_("a"), json={
+                    "items": [{"item_id": "huge", "title": "\U0001f600" * 1000}]}).status_code,
+                "recommend_after": client.post("/recommend", json={"user_id": "1"}, headers=as_("r")).status_code,
+            }
+    expected = dict(recommend_without_key=401, recommend_as_writer=403, recommend_as_reader=200, events_as_reader=403,
+                    events_as_writer=200, delete_as_writer=403, history_probe_as_reader=403,
+                    history_probe_as_trusted=200, huge_title_as_admin=422, recommend_after=200)
+    check(statuses == expected, "a route answered a caller it should not have", dict(statuses=statuses))
+    return statuses
+
+
+def exclude_seen(workdir: Path) -> dict:
+    """A user with 50 events (more than the prompt's history): none of their items is recommended."""
+    with running_service(workdir) as (url, _process):
+        with httpx.Client(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+            items = ["1", "2", "3", "6", "50", "110", "260", "296", "318", "356"] * 5  # 10 popular items, 50 events
+            client.post("/events", json={"events": [{"user_id": "fifty", "item_id": i} for i in items]})
+            answer = client.post("/recommend", json={"user_id": "fifty", "k": 100}).json()
+            unfiltered = client.post("/recommend", json={"user_id": "fifty", "k": 100, "exclude_seen": False}).json()
+    shown = {i["item_id"] for i in answer["items"]}
+    figures = dict(history_length=answer["history_length"], seen_recommended=sorted(shown & set(items)),
+                   seen_in_top100_without_exclusion=len({i["item_id"] for i in unfiltered["items"]} & set(items)))
+    check(not figures["seen_recommended"], "seen items were recommended", figures)
+    return figures
+
+
 def shutdown(workdir: Path) -> dict:
     """SIGTERM with 16 requests in flight: they finish, new connections are refused, exit in bound."""
-    with running_service(workdir) as (url, process):
+    with running_service(workdir, hatrec_max_in_flight=16) as (url, process):  # all 16 admitted
         async def scenario():
             async with httpx.AsyncClient(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
                 in_flight = [asyncio.create_task(recommend(client, str(u))) for u in range(1, 17)]
@@ -240,7 +354,8 @@ def shutdown(workdir: Path) -> dict:
         exited_after = time.monotonic() - sent
     figures = dict(in_flight=len(finished), in_flight_answered_200=sum(code == 200 for code, _, _ in finished),
                    new_request_after_sigterm=late[0], exit_code=exit_code, exited_after_s=round(exited_after, 1))
-    check(figures["in_flight_answered_200"] == len(finished), "in-flight requests were dropped")
+    check(figures["in_flight_answered_200"] == len(finished), "in-flight requests were dropped",
+          dict(figures, statuses=sorted(code for code, _, _ in finished)))
     check(late[0] in (-1, 503), "a new request was accepted after SIGTERM")
     check(exited_after < 45, "shutdown took too long")
     return figures
@@ -316,13 +431,20 @@ def bad_input(workdir: Path, examples: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=["redis-outage", "overload", "engine-failure", "shutdown", "bad-input", "all"])
+    p.add_argument("scenario", choices=["first-start", "open-on-network", "security", "exclude-seen", "redis-kill",
+                                        "redis-outage", "overload", "engine-failure", "shutdown", "bad-input",
+                                        "all"])
     p.add_argument("--sustainable-rps", type=float, default=6.0, help="recommendations/s the service holds (docs/operations.md)")
     p.add_argument("--max-in-flight", type=int, default=6, help="HATREC_MAX_IN_FLIGHT for the overload run")
     p.add_argument("--fuzz-examples", type=int, default=200)
     p.add_argument("--out", help="write the figures here (JSON)")
     args = p.parse_args()
     scenarios = {
+        "first-start": first_start,
+        "open-on-network": open_on_network,
+        "security": security,
+        "exclude-seen": exclude_seen,
+        "redis-kill": embedded_redis_kill,
         "redis-outage": redis_outage,
         "overload": lambda d: overload(d, args.sustainable_rps, args.max_in_flight),
         "engine-failure": engine_failure,

@@ -30,6 +30,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from hatllm.core.fusion import ItemPrior
 from hatllm.core.search import MAX_BEAM_WIDTH, Beam, SearchResult, TrieBeamSearch
 from hatllm.core.trie import TrieView
+from model_patch.kernels import hat_attention_ops
 from model_patch.kv_tail import DEFAULT_MAX_TAILS, kv_tail_transfer_config
 
 # Engine settings the search depends on; everything else (dtype, KV cache, parallelism) is the caller's.
@@ -64,6 +65,7 @@ def start_engine(args: AsyncEngineArgs) -> AsyncLLM:
     multiprocessing is off process-wide); the executor is chosen from the finished config, so asking for
     "uni" again there is enough. AsyncLLM runs its engine core in its own process either way.
     """
+    hat_attention_ops()  # built (or loaded) here, before the engine: no request ever waits for a compile
     config = args.create_engine_config()
     if args.distributed_executor_backend == "uni":
         config.parallel_config.distributed_executor_backend = "uni"

@@ -11,3 +11,5 @@ PY=${PYTHON:-python3}
 # vLLM does not need them.
 .venv/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 .venv/bin/python -c "import torch, transformers.models.llama.modeling_llama as m; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# The IN/CR attention kernel, compiled for this CPU now rather than when the service first starts.
+.venv/bin/python -m model_patch.kernels

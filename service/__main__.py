@@ -40,12 +40,13 @@ def serve(settings: Settings) -> int:
     """Run everything until stopped; the exit code: 0, or 3 when the engine died."""
     with ExitStack() as stack:
         if settings.redis_url is None:
-            embedded = stack.enter_context(EmbeddedRedis(settings.embedded_redis_port, settings.embedded_redis_dir))
+            embedded = stack.enter_context(EmbeddedRedis(settings.embedded_redis_port, settings.embedded_redis_dir,
+                                                        restart=True))
             settings = settings.model_copy(update={"redis_url": embedded.url})
             logging.info("started redis-server at %s (data in %s)", embedded.url, settings.embedded_redis_dir)
-        if settings.dataset and not asyncio.run(catalog_present(settings.redis_url, Keys(settings.redis_prefix))):
+        if settings.dataset and not asyncio.run(catalog_present(settings.redis_connection_url(), Keys(settings.redis_prefix))):
             logging.info("loading %s into Redis", settings.dataset)
-            logging.info("%s", asyncio.run(load(settings.dataset, settings.redis_url, settings.redis_prefix,
+            logging.info("%s", asyncio.run(load(settings.dataset, settings.redis_connection_url(), settings.redis_prefix,
                                                 settings.history_cap)))
         app = create_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,

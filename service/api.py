@@ -18,7 +18,7 @@ from .schemas import ErrorBody
 from .services import Services
 from .settings import Settings
 
-ERRORS = {status: {"model": ErrorBody} for status in (401, 404, 422, 429, 503)}
+ERRORS = {status: {"model": ErrorBody} for status in (401, 403, 404, 422, 429, 503)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

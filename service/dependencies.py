@@ -1,8 +1,7 @@
-"""Dependencies the routes share (FastAPI `Depends`): the process's services and the API key check."""
+"""Dependencies the routes share (FastAPI `Depends`): the process's services and the caller's scopes."""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -19,8 +18,22 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_api_key(services: ServicesDep, key: str | None = Security(APIKeyHeader(name="X-API-Key", auto_error=False))):
-    expected = services.settings.api_key
-    # As bytes: compare_digest refuses non-ASCII str, and a header may carry any byte.
-    if expected is not None and not (key and secrets.compare_digest(key.encode(), expected.get_secret_value().encode())):
-        raise ServiceError(401, "unauthorized", "this endpoint needs a valid X-API-Key header")
+def caller_scopes(services: ServicesDep,
+                  key: str | None = Security(APIKeyHeader(name="X-API-Key", auto_error=False))) -> frozenset[str]:
+    return services.keys.scopes(key)
+
+
+Scopes = Annotated[frozenset[str], Depends(caller_scopes)]
+
+
+def require(scope: str):
+    """A dependency: the caller's key has `scope` (401 without a valid key, 403 with one that lacks it)."""
+
+    def check(scopes: Scopes) -> frozenset[str]:
+        if scope not in scopes:
+            if not scopes:
+                raise ServiceError(401, "unauthorized", "this endpoint needs a valid X-API-Key header")
+            raise ServiceError(403, "forbidden", f"this key lacks the {scope!r} scope")
+        return scopes
+
+    return check

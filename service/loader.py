@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = Settings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)
+    p.add_argument("--redis-url", default=settings.redis_connection_url(), required=settings.redis_url is None)
     p.add_argument("--prefix", default=settings.redis_prefix)
     p.add_argument("--history-cap", type=int, default=settings.history_cap)
     args = p.parse_args(argv)

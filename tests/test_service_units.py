@@ -22,3 +22,78 @@ def test_settings_from_environment(monkeypatch):
     monkeypatch.setenv("HATREC_MAX_IN_FLIGHT", "0")
     with pytest.raises(ValueError, match="max_in_flight"):
         Settings()
+
+
+def test_key_ring_scopes(tmp_path, monkeypatch):
+    from service.api_keys import ALL_SCOPES, KeyRing, configured_keys, main
+
+    main(["--out", str(tmp_path / "keys.json")])
+    monkeypatch.setenv("HATREC_API_KEYS", '[{"name": "extra", "key": "xyzzy-secret", "scopes": ["read", "trusted"]}]')
+    monkeypatch.setenv("HATREC_API_KEYS_FILE", str(tmp_path / "keys.json"))
+    settings = Settings()
+    keys = configured_keys(settings.api_keys, settings.api_keys_file, settings.api_key)
+    assert [k.name for k in keys] == ["extra", "reader", "writer", "admin"] and "xyzzy" not in repr(keys)
+    ring = KeyRing(keys)
+    reader = next(k for k in keys if k.name == "reader").key.get_secret_value()
+    assert ring.scopes(reader) == {"read"} and ring.scopes("xyzzy-secret") == {"read", "trusted"}
+    assert ring.scopes("wrong") == ring.scopes(None) == ring.scopes("\u00e9") == frozenset()
+    assert KeyRing([]).scopes(None) == ALL_SCOPES  # no keys: open
+    assert oct((tmp_path / "keys.json").stat().st_mode & 0o777) == "0o600"
+    monkeypatch.setenv("HATREC_API_KEYS", '[{"name": "x", "key": "k", "scopes": ["everything"]}]')
+    with pytest.raises(ValueError, match="scopes"):
+        Settings()
+
+
+def test_open_routes_only_on_a_loopback_address(hat_checkpoint):
+    from service.services import Services
+
+    with pytest.raises(ValueError, match="not a loopback address"):
+        Services(Settings(redis_url="redis://127.0.0.1:1/0", model_path=str(hat_checkpoint), host="0.0.0.0"))
+    keyed = Services(Settings(redis_url="redis://127.0.0.1:1/0", model_path=str(hat_checkpoint), host="0.0.0.0",
+                              api_key="k"))
+    assert keyed.keys.scopes("k") and not keyed.keys.scopes("other")
+
+
+def test_embedded_redis_is_restarted_after_a_crash(tmp_path):
+    import signal
+    import time
+
+    import redis
+
+    from loadtests.local_service import free_port
+    from service.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis(free_port(), tmp_path, restart=True).start()
+    try:
+        client = redis.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=0.2)
+        client.rpush("history", "1", "2")
+        server.process.send_signal(signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert client.lrange("history", 0, -1) == [b"1", b"2"]  # the AOF had it
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server was not restarted"
+                time.sleep(0.1)
+        assert server.restarts == 1
+    finally:
+        server.stop()
+    assert server.process is None and server.restarts == 1  # stopped on purpose: not restarted
+
+
+def test_redis_password_from_a_file(tmp_path):
+    (tmp_path / "pw").write_text("p@ss/word\n")
+    settings = Settings(redis_url="redis://redis:6379/0", redis_password_file=tmp_path / "pw")
+    assert settings.redis_connection_url() == "redis://:p%40ss%2Fword@redis:6379/0"
+    assert "p@ss" not in repr(settings) and Settings(redis_url="redis://r:1/0").redis_connection_url() == "redis://r:1/0"
+
+
+def test_in_flight_bound_is_sized_for_the_machine(hat_checkpoint):
+    from service.services import Services
+    from service.settings import IN_FLIGHT_PER_CORE
+
+    services = Services(Settings(redis_url="redis://127.0.0.1:1/0", model_path=str(hat_checkpoint)))
+    assert services.settings.max_in_flight == IN_FLIGHT_PER_CORE * len(os.sched_getaffinity(0))
+    assert Services(Settings(redis_url="redis://127.0.0.1:1/0", model_path=str(hat_checkpoint),
+                             max_in_flight=5)).settings.max_in_flight == 5

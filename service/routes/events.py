@@ -3,11 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from .. import metrics
-from ..dependencies import ServicesDep, require_api_key
+from ..dependencies import ServicesDep, require
 from ..errors import ServiceError, unknown_items
 from ..schemas import Event, EventBatch, EventsAccepted
 
-router = APIRouter(tags=["events"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["events"], dependencies=[Depends(require("write"))])
 
 
 @router.post("/events", response_model=EventsAccepted)
