@@ -4,6 +4,7 @@
     python -m loadtests.reliability open-on-network   # no API keys on a network address: refuses to start
     python -m loadtests.reliability security          # key scopes, the history probe, a huge title
     python -m loadtests.reliability exclude-seen      # a 50-event user: none of their items comes back
+    python -m loadtests.reliability two-replicas      # two service processes on one Redis see each other's writes
     python -m loadtests.reliability redis-kill        # the main job's own redis-server killed: restarted by it
     python -m loadtests.reliability redis-outage      # Redis killed and restarted under load
     python -m loadtests.reliability overload          # 3x the sustainable rate
@@ -115,6 +116,36 @@ def embedded_redis_kill(workdir: Path) -> dict:
                    history_after=recommend_status.get("history_length"))
     check(ready_again is not None, "the service did not become ready again after its Redis was killed", figures)
     check(figures["history_after"] == 1, "the acknowledged event was lost", figures)
+    return figures
+
+
+def two_replicas(workdir: Path, poll_s: float = 2.0) -> dict:
+    """Two service processes on one Redis, as replicas behind a load balancer: an event written through one
+    is used by the other's next recommendation, and a catalog change through one reaches the other
+    within its poll interval. Nothing but Redis is shared."""
+    server = EmbeddedRedis(free_port(), workdir / "redis-shared").start()
+    try:
+        with (running_service(workdir, workdir / "a.log", redis_url=server.url, hatrec_catalog_poll_s=poll_s) as (a, _),
+              running_service(workdir, workdir / "b.log", redis_url=server.url, hatrec_catalog_poll_s=poll_s) as (b, _),
+              httpx.Client(timeout=RECOMMEND_BOUND_S) as client):
+            client.post(f"{a}/events", json={"events": [{"user_id": "replica-user", "item_id": i} for i in ("1", "50")]})
+            seen_by_b = client.post(f"{b}/recommend", json={"user_id": "replica-user", "k": 5}).json()
+            changes = {}
+            for writer, reader, item in ((a, b, "replica-item"), (b, a, "replica-item-2")):
+                client.put(f"{writer}/admin/catalog/items", json={"items": [{"item_id": item, "title": "Replica (2026)"}]})
+                written = time.monotonic()
+                while client.get(f"{reader}/catalog/items/{item}").status_code != 200 or \
+                        client.get(f"{reader}/catalog").json()["version"] != client.get(f"{writer}/catalog").json()["version"]:
+                    check(time.monotonic() - written < poll_s + 5, "a catalog change did not reach the other replica")
+                    time.sleep(0.05)
+                changes[f"{item}_visible_after_s"] = round(time.monotonic() - written, 2)
+    finally:
+        server.stop()
+    figures = dict(history_length_at_other_replica=seen_by_b["history_length"], strategy=seen_by_b["strategy"],
+                   catalog_poll_s=poll_s, **changes)
+    check(seen_by_b["history_length"] == 2 and seen_by_b["strategy"] == "model",
+          "the other replica did not use the event", figures)
+    check(all(s <= poll_s + 1 for s in changes.values()), "a catalog change took longer than the poll interval", figures)
     return figures
 
 
@@ -431,7 +462,8 @@ def bad_input(workdir: Path, examples: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=["first-start", "open-on-network", "security", "exclude-seen", "redis-kill",
+    p.add_argument("scenario", choices=["first-start", "open-on-network", "security", "exclude-seen", "two-replicas",
+                                        "redis-kill",
                                         "redis-outage", "overload", "engine-failure", "shutdown", "bad-input",
                                         "all"])
     p.add_argument("--sustainable-rps", type=float, default=6.0, help="recommendations/s the service holds (docs/operations.md)")
@@ -444,6 +476,7 @@ def main() -> int:
         "open-on-network": open_on_network,
         "security": security,
         "exclude-seen": exclude_seen,
+        "two-replicas": two_replicas,
         "redis-kill": embedded_redis_kill,
         "redis-outage": redis_outage,
         "overload": lambda d: overload(d, args.sustainable_rps, args.max_in_flight),

@@ -25,3 +25,8 @@ def test_first_start_builds_the_kernel_before_ready_and_answers_at_once(tmp_path
 def test_no_keys_on_a_network_address_refuses_to_start(tmp_path):
     figures = reliability.open_on_network(tmp_path)
     assert figures["exit_code"] not in (None, 0) and figures["says_why"]
+
+
+def test_replicas_share_nothing_but_redis(tmp_path):
+    figures = reliability.two_replicas(tmp_path)
+    assert figures["history_length_at_other_replica"] == 2
