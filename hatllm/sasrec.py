@@ -38,9 +38,10 @@ class SASRec(nn.Module):
     def forward(self, seqs: torch.Tensor) -> torch.Tensor:
         """Hidden state per position of left-padded item index sequences [B, T]."""
         T = seqs.shape[1]
-        x = self.item_emb(seqs) * self.item_emb.embedding_dim**0.5 + self.pos_emb(torch.arange(self.max_len - T, self.max_len))
+        positions = torch.arange(self.max_len - T, self.max_len, device=seqs.device)
+        x = self.item_emb(seqs) * self.item_emb.embedding_dim**0.5 + self.pos_emb(positions)
         x = self.dropout(x) * (seqs != 0).unsqueeze(-1)
-        causal = torch.triu(torch.ones(T, T, dtype=torch.bool), 1)
+        causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=seqs.device), 1)
         return self.norm(self.blocks(x, mask=causal))
 
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,7 @@ class SASRecRanker:
 
     def __init__(self, model: SASRec, item_ids: list[str]):
         self.model = model.eval()
+        self.device = model.item_emb.weight.device
         self.item_ids = item_ids
         self.index = {item: i + 1 for i, item in enumerate(item_ids)}
 
@@ -63,7 +65,7 @@ class SASRecRanker:
     def score_batch(self, histories: list[tuple[str, ...]]) -> torch.Tensor:
         """Scores [B, num_items] (column i is item_ids[i]) of the item after each history."""
         seqs = left_pad([[self.index[i] for i in h] for h in histories], self.model.max_len)
-        return self.model.scores(self.model(seqs)[:, -1])
+        return self.model.scores(self.model(seqs.to(self.device))[:, -1])
 
     def log_probs_batch(self, histories: list[tuple[str, ...]]) -> list[dict[str, float]]:
         """Item id -> log-probability of being next, per history (a fusion prior, `hatllm.core.fusion`). Items
@@ -87,11 +89,11 @@ class SASRecRanker:
         torch.save({"model": self.model.state_dict(), "item_ids": self.item_ids, "hparams": info["hparams"]}, Path(path) / "sasrec.pt")
 
     @classmethod
-    def load(cls, path: str | Path) -> "SASRecRanker":
-        state = torch.load(Path(path) / "sasrec.pt", weights_only=False)
+    def load(cls, path: str | Path, device: str = "cpu") -> "SASRecRanker":
+        state = torch.load(Path(path) / "sasrec.pt", map_location="cpu", weights_only=False)
         model = SASRec(len(state["item_ids"]), **state["hparams"])
         model.load_state_dict(state["model"])
-        return cls(model, state["item_ids"])
+        return cls(model.to(device), state["item_ids"])
 
 
 FUSION_FILE = "fusion.json"

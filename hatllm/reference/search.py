@@ -19,7 +19,7 @@ def renormalised(next_logits: torch.Tensor, allowed: list[int], bias: dict[int, 
     """Log-probabilities of the allowed tokens under the distribution restricted to them (after `bias`)."""
     scores = next_logits[allowed]
     if bias is not None:
-        scores = scores + torch.tensor([bias[tok] for tok in allowed], dtype=scores.dtype)
+        scores = scores + torch.tensor([bias[tok] for tok in allowed], dtype=scores.dtype, device=scores.device)
     return dict(zip(allowed, scores.log_softmax(-1).tolist()))
 
 
@@ -28,7 +28,7 @@ def prompt_logits_batch(model, prompts: list[list[int]], pad_id: int) -> list[to
     """Next-token logits after each prompt, from one right-padded forward (the first step of many
     searches at once; padding after a prompt never reaches its positions, all masks being causal)."""
     length = max(len(p) for p in prompts)
-    ids = torch.tensor([p + [pad_id] * (length - len(p)) for p in prompts])
+    ids = torch.tensor([p + [pad_id] * (length - len(p)) for p in prompts], device=model.device)
     hidden = forward(model, ids).hidden
     last = hidden[torch.arange(len(prompts)), torch.tensor([len(p) - 1 for p in prompts])]
     return list(logits(model, last))
@@ -46,10 +46,10 @@ def constrained_beam_search(model, prompt: list[int], view: TrieView, num_items:
         for beam in search.active:
             if cache is None and (beam.tokens or prompt_logits is None):
                 cache = DynamicCache(config=model.config)
-                prompt_logits = logits(model, forward(model, torch.tensor([prompt]), cache=cache).hidden[0, -1])
+                prompt_logits = logits(model, forward(model, torch.tensor([prompt], device=model.device), cache=cache).hidden[0, -1])
             next_logits = prompt_logits
             if beam.tokens:
-                hidden = forward(model, torch.tensor([prompt + list(beam.tokens)]), cache=cache).hidden
+                hidden = forward(model, torch.tensor([prompt + list(beam.tokens)], device=model.device), cache=cache).hidden
                 next_logits = logits(model, hidden[0, -1])
                 cache.crop(len(prompt))
             answers.append(renormalised(next_logits, search.allowed_tokens(beam), search.logit_bias(beam)))

@@ -27,14 +27,14 @@ from hatllm.sasrec import SASRec, SASRecRanker, left_pad
 
 def train(split: Split, item_ids: list[str], seed: int, max_epochs: int = 400, patience: int = 10,
           max_minutes: float | None = None, batch_size: int = 128, lr: float = 1e-3, dim: int = 64, blocks: int = 2,
-          dropout: float = 0.2) -> tuple[SASRecRanker, dict]:
+          dropout: float = 0.2, device: str = "cpu") -> tuple[SASRecRanker, dict]:
     """Train until validation NDCG@10 has not improved for `patience` epochs (or the epoch / time cap);
     return the best epoch's model."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     max_len = split.max_history
     hparams = dict(max_len=max_len, dim=dim, blocks=blocks, dropout=dropout)
-    model = SASRec(len(item_ids), **hparams)
+    model = SASRec(len(item_ids), **hparams).to(device)
     ranker = SASRecRanker(model, item_ids)
     windows = [[ranker.index[i] for i in window] for window in split.training_windows()]
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98))
@@ -47,7 +47,8 @@ def train(split: Split, item_ids: list[str], seed: int, max_epochs: int = 400, p
         total = 0.0
         for start in range(0, len(windows), batch_size):
             batch = windows[start : start + batch_size]
-            inputs, targets = left_pad([w[:-1] for w in batch], max_len), left_pad([w[1:] for w in batch], max_len)
+            inputs = left_pad([w[:-1] for w in batch], max_len).to(ranker.device)
+            targets = left_pad([w[1:] for w in batch], max_len).to(ranker.device)
             real = targets != 0  # score only real positions: the full softmax is most of the cost
             loss = F.cross_entropy(model.scores(model(inputs)[real]), targets[real] - 1)
             optimizer.zero_grad()
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> Path:
     dataset = load_dataset(args.data)
     split = leave_one_out(dataset, args.max_history)
     item_ids = sorted(dataset.catalog.titles)
-    ranker, info = train(split, item_ids, args.seed, args.max_epochs, args.patience, args.max_minutes, dropout=args.dropout)
+    ranker, info = train(split, item_ids, args.seed, args.max_epochs, args.patience, args.max_minutes, dropout=args.dropout,
+                          device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ranker.save(out, info)

@@ -94,16 +94,16 @@ class CodeObjective:
             self.teacher_order = torch.tensor([teacher.index[item] - 1 for item in item_ids])
 
     def code_logits(self, model, hidden: torch.Tensor) -> torch.Tensor:
-        return (hidden @ model.lm_head.weight[self.code_ids].T).float()
+        return (hidden @ model.lm_head.weight[self.code_ids.to(hidden.device)].T).float()
 
     def loss(self, model, windows, idx, ids, predicts, autocast: bool) -> torch.Tensor:
         opens = (ids == model.config.hat_item_open_token_id) & predicts
         opens[torch.arange(len(ids)), opens.int().argmax(1)] = False  # a window's first item has no history in it
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
             hidden = forward(model, ids).hidden[opens]
             scores = self.code_logits(model, hidden)
         # Row-major order of `opens` = window by window, item by item (the first item has no open target).
-        targets = torch.tensor([self.column[item] for i in idx for item in windows[i][2][1:]])
+        targets = torch.tensor([self.column[item] for i in idx for item in windows[i][2][1:]], device=ids.device)
         loss = F.cross_entropy(scores, targets)
         if self.teacher is not None:
             with torch.no_grad():
@@ -116,23 +116,24 @@ class CodeObjective:
     def init_codes_from_teacher(self, model) -> None:
         """Start each code embedding from the teacher's item embedding (its first dims, rescaled to the
         model's init scale): the collaborative geometry is there from the first step."""
-        source = self.teacher.model.item_emb.weight[1:][self.teacher_order]
+        source = self.teacher.model.item_emb.weight[1:][self.teacher_order.to(self.teacher.device)]
         source = source * (model.config.initializer_range / source.std())
-        model.get_input_embeddings().weight[self.code_ids, : source.shape[1]] = source
+        embeddings = model.get_input_embeddings().weight
+        embeddings[self.code_ids.to(embeddings.device), : source.shape[1]] = source.to(embeddings.device)
 
     def teacher_scores(self, item_windows: list[list[str]]) -> torch.Tensor:
         """The teacher's scores for every item after each prefix of each window, in code order."""
         model = self.teacher.model
-        seqs = left_pad([[self.teacher.index[i] for i in w[:-1]] for w in item_windows], model.max_len)
+        seqs = left_pad([[self.teacher.index[i] for i in w[:-1]] for w in item_windows], model.max_len).to(self.teacher.device)
         real = seqs != 0
-        return model.scores(model(seqs)[real])[:, self.teacher_order]
+        return model.scores(model(seqs)[real])[:, self.teacher_order.to(self.teacher.device)]
 
 
 class TitleObjective:
     """Cross-entropy of every title token and close delimiter (the titles-only recipe)."""
 
     def loss(self, model, windows, idx, ids, predicts, autocast: bool) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
             hidden = forward(model, ids).hidden[predicts]
             return F.cross_entropy(model.lm_head(hidden).float(), torch.roll(ids, -1, dims=1)[predicts])
 
@@ -190,6 +191,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (faster on CPUs with AVX512-BF16/AMX)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (the teacher runs there too)")
     p.add_argument("--resume", action="store_true", help=f"continue from {STATE_FILE} in --out")
     p.add_argument("--stop-after", type=int, help="end this run after this many more epochs (continue with --resume)")
     return p.parse_args(argv)
@@ -205,7 +207,7 @@ def main(argv: list[str] | None = None) -> Path:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     state_path = out / STATE_FILE
-    state = torch.load(state_path, weights_only=False) if args.resume and state_path.is_file() else None
+    state = torch.load(state_path, map_location="cpu", weights_only=False) if args.resume and state_path.is_file() else None
     if args.resume and state is None:
         print(f"no {state_path}: starting from scratch")
 
@@ -216,10 +218,11 @@ def main(argv: list[str] | None = None) -> Path:
     titles = dataset.catalog.titles
     item_ids = sorted(titles)
     tokenizer, builder, codes, model = build_model(args, titles, item_ids)
+    model.to(args.device)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
           f"layers {model.config.hat_layer_types}, item codes: {len(codes) if codes else 'none'}")
 
-    teacher = SASRecRanker.load(args.teacher) if args.teacher else None
+    teacher = SASRecRanker.load(args.teacher, args.device) if args.teacher else None
     objective = CodeObjective(codes, item_ids, teacher, args.distill_weight) if codes else TitleObjective()
     windows = training_windows(split, titles, builder, codes.codes if codes else None)
     tokens = sum(len(w[0]) for w in windows)
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> Path:
         total = 0.0
         order = batches(windows, args.batch_size, random.Random(args.seed * 1_000_003 + epoch))
         for idx in tqdm(order, desc=f"epoch {epoch}", unit="batch", leave=False):
-            ids, predicts = collate(windows, idx, tokenizer.pad_token_id)
+            ids, predicts = (t.to(args.device) for t in collate(windows, idx, tokenizer.pad_token_id))
             loss = objective.loss(model, windows, idx, ids, predicts, args.bf16)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
