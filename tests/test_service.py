@@ -63,7 +63,8 @@ def server(redis_server, raw_redis, hat_checkpoint):
     """The app served by a real uvicorn on 127.0.0.1, in a thread of this process (so tests can reach
     its services), and an HTTP client for it."""
     settings = Settings(redis_url=redis_server.url, model_path=str(hat_checkpoint), dataset=None, kv_cache_gib=1,
-                        max_model_len=256, catalog_poll_s=0.2, redis_timeout_s=0.5)
+                        max_model_len=256, catalog_poll_s=0.2, redis_timeout_s=0.5,
+                        max_in_flight=64)  # tests of shedding lower it themselves
     app = create_app(settings)
     port = free_port()
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
