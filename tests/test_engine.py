@@ -128,7 +128,8 @@ class TestChunkedPrefixCachedEngine:
     vLLM's process-wide metrics are its own)."""
 
     @pytest.fixture(scope="class")
-    def engine(self, checkpoints):
+    @classmethod
+    def engine(cls, checkpoints):
         engine = start_engine(checkpoints, "hat_chunked")
         yield engine
         engine.close()
