@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 
 from .keys import Keys
 
+READ_CHUNK = 10_000  # entries per HSCAN / ZSCAN call
+
 
 class Store:
     def __init__(self, redis: Redis, keys: Keys, history_cap: int):
@@ -60,7 +62,7 @@ class Store:
             await pipe.execute()
 
     async def popularity(self) -> dict[str, float]:
-        return dict(await self.redis.zrange(self.keys.popularity, 0, -1, withscores=True))
+        return {item: score async for item, score in self.redis.zscan_iter(self.keys.popularity, count=READ_CHUNK)}
 
     # Catalog
 
@@ -68,12 +70,13 @@ class Store:
         return int(await self.redis.get(self.keys.catalog_version) or 0)
 
     async def catalog(self) -> tuple[int, dict[str, str]]:
-        """(version, item id -> title), read atomically."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.get(self.keys.catalog_version)
-            pipe.hgetall(self.keys.catalog)
-            version, titles = await pipe.execute()
-        return int(version or 0), titles
+        """(version, item id -> title) of one version. Read in chunks (HSCAN: no single command walks a
+        catalog of millions of items and blocks Redis), then read again if the version moved meanwhile."""
+        while True:
+            version = await self.catalog_version()
+            titles = {item: title async for item, title in self.redis.hscan_iter(self.keys.catalog, count=READ_CHUNK)}
+            if await self.catalog_version() == version:
+                return version, titles
 
     async def titles(self, item_ids: list[str]) -> list[str | None]:
         return await self.redis.hmget(self.keys.catalog, item_ids) if item_ids else []

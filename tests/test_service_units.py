@@ -97,3 +97,30 @@ def test_in_flight_bound_is_sized_for_the_machine(hat_checkpoint):
     assert services.settings.max_in_flight == IN_FLIGHT_PER_CORE * len(os.sched_getaffinity(0))
     assert Services(Settings(redis_url="redis://127.0.0.1:1/0", model_path=str(hat_checkpoint),
                              max_in_flight=5)).settings.max_in_flight == 5
+
+
+def test_catalog_read_in_chunks_is_one_version(tmp_path):
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from loadtests.local_service import free_port
+    from service.keys import Keys
+    from service.redis_server import EmbeddedRedis
+    from service.store import READ_CHUNK, Store
+
+    async def scenario(url: str):
+        redis = Redis.from_url(url, decode_responses=True)
+        store = Store(redis, Keys("chunks"), history_cap=10)
+        titles = {str(i): f"Title {i}" for i in range(2 * READ_CHUNK + 123)}  # more than one HSCAN chunk
+        version = await store.replace_catalog(titles)
+        await store.replace_popularity({item: int(item) % 7 for item in titles})
+        read_version, read = await store.catalog()
+        popularity = await store.popularity()
+        await redis.aclose()
+        return version, titles, read_version, read, popularity
+
+    with EmbeddedRedis(free_port(), tmp_path) as server:
+        version, titles, read_version, read, popularity = asyncio.run(scenario(server.url))
+    assert (read_version, read) == (version, titles)
+    assert len(popularity) == len(titles) and popularity["13"] == 13 % 7
