@@ -18,22 +18,11 @@ from contextlib import ExitStack
 import uvicorn
 
 from .api import create_app
-from .keys import Keys
 from .loader import load
 from .redis_server import EmbeddedRedis
 from .settings import Settings
 
 ENGINE_FAILED_EXIT_CODE = 3
-
-
-async def catalog_present(redis_url: str, keys: Keys) -> bool:
-    from redis.asyncio import Redis
-
-    redis = Redis.from_url(redis_url)
-    try:
-        return bool(await redis.exists(keys.catalog))
-    finally:
-        await redis.aclose()
 
 
 def serve(settings: Settings) -> int:
@@ -44,10 +33,10 @@ def serve(settings: Settings) -> int:
                                                         restart=True))
             settings = settings.model_copy(update={"redis_url": embedded.url})
             logging.info("started redis-server at %s (data in %s)", embedded.url, settings.embedded_redis_dir)
-        if settings.dataset and not asyncio.run(catalog_present(settings.redis_connection_url(), Keys(settings.redis_prefix))):
-            logging.info("loading %s into Redis", settings.dataset)
-            logging.info("%s", asyncio.run(load(settings.dataset, settings.redis_connection_url(), settings.redis_prefix,
-                                                settings.history_cap)))
+        if settings.dataset:
+            loaded = asyncio.run(load(settings.dataset, settings, only_if_empty=True))
+            if loaded:
+                logging.info("loaded %s into Redis: %s", settings.dataset, loaded)
         app = create_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                                timeout_graceful_shutdown=30))

@@ -14,15 +14,13 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from hatllm.core.catalog import ModelCatalog
 from hatllm.core.item_codes import ItemCodes
 from hatllm.core.prompt import PromptBuilder
 from hatllm.core.trie import TitleTrie
 
 from . import metrics
-from .store import Store
+from .store import STORE_ERRORS, Store
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +74,6 @@ class CatalogCache:
         while True:
             try:
                 await self.refresh()
-            except RedisError as exc:
+            except STORE_ERRORS as exc:
                 log.warning("catalog refresh failed: %s", exc)
             await asyncio.sleep(interval_s)

@@ -7,8 +7,9 @@ import logging
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+
+from .store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,13 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
                    for error in exc.errors()]
         return error_response(422, "invalid_request", "the request does not match the API schema", details)
 
-    @app.exception_handler(RedisError)
-    async def redis_down(_request, exc: RedisError):
+    async def redis_down(_request, exc: Exception):
         log.warning("Redis error: %s", exc)
         return error_response(503, "redis_unavailable", "the data store is unavailable",
                               headers={"Retry-After": str(retry_after_s)})
+
+    for error in STORE_ERRORS:
+        app.add_exception_handler(error, redis_down)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, exc: HTTPException):

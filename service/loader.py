@@ -13,14 +13,13 @@ import argparse
 import asyncio
 from collections import Counter
 
-from redis.asyncio import Redis
 from tqdm import tqdm
 
 from hatllm.data import load_dataset
 
 from .keys import Keys
 from .settings import Settings
-from .store import Store
+from .store import Store, connect
 
 USERS_PER_BATCH = 500
 
@@ -36,10 +35,16 @@ async def load_into_redis(store: Store, data: str) -> dict:
                 interactions=dataset.num_interactions, skipped=dataset.report.summary())
 
 
-async def load(data: str, redis_url: str, prefix: str, history_cap: int) -> dict:
-    redis = Redis.from_url(redis_url, decode_responses=True)
+async def load(data: str, settings: Settings, only_if_empty: bool = False) -> dict | None:
+    """Load `data` into the Redis of `settings` (after renaming keys of the older layout); with
+    `only_if_empty`, only when it holds no catalog yet (the main job's first start)."""
+    redis = connect(settings.redis_connection_url(), settings.redis_cluster, decode_responses=True)
     try:
-        return await load_into_redis(Store(redis, Keys(prefix), history_cap), data)
+        store = Store(redis, Keys(settings.redis_prefix), settings.history_cap)
+        await store.migrate_legacy_keys()
+        if only_if_empty and await redis.exists(store.keys.catalog):
+            return None
+        return await load_into_redis(store, data)
     finally:
         await redis.aclose()
 
@@ -48,11 +53,15 @@ def main(argv: list[str] | None = None) -> dict:
     settings = Settings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--redis-url", default=settings.redis_connection_url(), required=settings.redis_url is None)
+    p.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)
+    p.add_argument("--cluster", action=argparse.BooleanOptionalAction, default=settings.redis_cluster,
+                   help="the URL is a node of a Redis Cluster")
     p.add_argument("--prefix", default=settings.redis_prefix)
     p.add_argument("--history-cap", type=int, default=settings.history_cap)
     args = p.parse_args(argv)
-    summary = asyncio.run(load(args.data, args.redis_url, args.prefix, args.history_cap))
+    settings = settings.model_copy(update={"redis_url": args.redis_url, "redis_cluster": args.cluster,
+                                           "redis_prefix": args.prefix, "history_cap": args.history_cap})
+    summary = asyncio.run(load(args.data, settings))
     print(summary)
     return summary
 

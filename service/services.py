@@ -10,8 +10,6 @@ import signal
 import time
 from typing import Callable
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from transformers import AutoConfig, AutoTokenizer
 
 from hatllm.core.item_codes import ItemCodes
@@ -26,7 +24,7 @@ from .keys import Keys
 from .recommender import Recommender
 from .schemas import RecommendRequest
 from .settings import IN_FLIGHT_PER_CORE, Settings
-from .store import Store
+from .store import STORE_ERRORS, Store, connect
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ class Services:
         # How to stop the server when the engine dies: the runner's hook (python -m service exits with
         # code 3), else SIGTERM to this process (uvicorn shuts down gracefully, then dies by the signal).
         self.request_exit = request_exit or (lambda: os.kill(os.getpid(), signal.SIGTERM))
-        self.redis = Redis.from_url(settings.redis_connection_url(), decode_responses=True, socket_timeout=settings.redis_timeout_s,
+        self.redis = connect(settings.redis_connection_url(), settings.redis_cluster, decode_responses=True, socket_timeout=settings.redis_timeout_s,
                                     socket_connect_timeout=settings.redis_timeout_s, health_check_interval=5)
         self.store = Store(self.redis, Keys(settings.redis_prefix), settings.history_cap)
         tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
@@ -65,6 +63,7 @@ class Services:
     async def start(self) -> None:
         self.engine.start()
         try:
+            await self.store.migrate_legacy_keys()
             await self.catalog.refresh()
             await self.warm_up()
         except Exception as exc:  # not ready until Redis answers and the warm-up went through; the watcher retries
@@ -91,7 +90,7 @@ class Services:
         """What /readyz reports, also exported as hatrec_dependency_up."""
         try:
             redis_ok = await self.store.ping()
-        except RedisError:
+        except STORE_ERRORS:
             redis_ok = False
         checks = {"redis": redis_ok, "catalog": self.catalog.current is not None, "engine": self.engine.ready,
                   "warmed_up": self.warmed_up}

@@ -16,7 +16,6 @@ from hatllm.core.search import MAX_BEAM_WIDTH
 
 from .api_keys import ApiKey
 
-
 IN_FLIGHT_PER_CORE = 3
 
 
@@ -27,6 +26,8 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, validation_alias=AliasChoices("REDIS_URL", "HATREC_REDIS_URL"),
         description="Redis to use; unset: the service starts its own redis-server (see embedded_redis_*)")
+    redis_cluster: bool = Field(False, description="REDIS_URL is a node of a Redis Cluster (keys are hash-tagged "
+                                                   "for it, service/keys.py)")
     redis_password_file: Path | None = Field(
         None, description="file holding the Redis password (a mounted secret; compose generates one)")
     embedded_redis_port: int = Field(6390, description="port of the embedded redis-server (127.0.0.1 only)")

@@ -1,27 +1,82 @@
 """Every Redis read and write of the service (key layout in `keys.py` and service/README.md).
 
 Writes that must go together run as one MULTI/EXEC transaction, so a reader never sees half of a
-change: an event batch (histories + popularity), a catalog change (items + version).
+change: a catalog change (items + version), and on a single Redis an event batch (histories +
+popularity). A Redis Cluster refuses transactions across hash slots, so there an event batch is one
+transaction per user (history append + trim) plus one for popularity: each user's events are applied
+whole or not at all, but a failed call may have applied some users' (service/README.md).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections import defaultdict
 from typing import Iterable, Mapping
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from .keys import Keys
+
+log = logging.getLogger(__name__)
+# What an unreachable store raises: a cluster with no reachable node raises RedisClusterException,
+# which is not a RedisError.
+STORE_ERRORS = (RedisError, RedisClusterException)
+Command = tuple  # (pipeline method name, *arguments), e.g. ("rpush", key, "1", "2")
+CONCURRENT_TRANSACTIONS = 64  # per-user transactions in flight at once (cluster)
+SWAP_CATALOG = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) else redis.call('DEL', KEYS[2]) end
+return redis.call('INCR', KEYS[3])
+"""
+
+
+def connect(url: str, cluster: bool = False, **options) -> Redis | RedisCluster:
+    """A client for one Redis, or for the Redis Cluster that `url` is a node of."""
+    return (RedisCluster if cluster else Redis).from_url(url, **options)
 
 READ_CHUNK = 10_000  # entries per HSCAN / ZSCAN call
 
 
 class Store:
-    def __init__(self, redis: Redis, keys: Keys, history_cap: int):
+    def __init__(self, redis: Redis | RedisCluster, keys: Keys, history_cap: int):
         self.redis, self.keys, self.history_cap = redis, keys, history_cap
+        self.cluster = isinstance(redis, RedisCluster)
 
     async def ping(self) -> bool:
         return await self.redis.ping()
+
+    async def _transaction(self, commands: list[Command]) -> list:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for name, *args in commands:
+                getattr(pipe, name)(*args)
+            return await pipe.execute()
+
+    async def _apply(self, groups: list[list[Command]]) -> None:
+        """Each group touches one hash slot. On a single Redis all of them go in one transaction; on a
+        cluster, one transaction per group (a bounded number at a time)."""
+        if not self.cluster:
+            await self._transaction([command for group in groups for command in group])
+            return
+        for start in range(0, len(groups), CONCURRENT_TRANSACTIONS):
+            await asyncio.gather(*(self._transaction(group) for group in groups[start : start + CONCURRENT_TRANSACTIONS]))
+
+    async def migrate_legacy_keys(self) -> int:
+        """Rename keys of the layout before hash tags (single Redis only; a cluster never had them).
+        Runs at every start; a no-op once done. Returns the number of keys renamed."""
+        legacy = self.keys.legacy
+        if self.cluster or not await self.redis.exists(legacy.catalog, legacy.catalog_version, legacy.popularity):
+            return 0
+        renamed = 0
+        for old, new in ((legacy.catalog, self.keys.catalog), (legacy.catalog_version, self.keys.catalog_version),
+                         (legacy.popularity, self.keys.popularity)):
+            renamed += bool(await self.redis.exists(old)) and await self.redis.renamenx(old, new)
+        async for key in self.redis.scan_iter(match=legacy.history_pattern, count=1000):
+            if "{" not in key:
+                renamed += await self.redis.renamenx(key, self.keys.history(key.removeprefix(legacy.history(""))))
+        log.warning("renamed %d Redis keys to the hash-tagged layout", renamed)
+        return renamed
 
     # Histories and popularity
 
@@ -36,23 +91,17 @@ class Store:
         for user, item in events:
             by_user[user].append(item)
             counts[item] += 1
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for user, items in by_user.items():
-                pipe.rpush(self.keys.history(user), *items)
-                pipe.ltrim(self.keys.history(user), -self.history_cap, -1)
-            for item, count in counts.items():
-                pipe.zincrby(self.keys.popularity, count, item)
-            await pipe.execute()
+        groups = [[("rpush", self.keys.history(user), *items), ("ltrim", self.keys.history(user), -self.history_cap, -1)]
+                  for user, items in by_user.items()]
+        groups.append([("zincrby", self.keys.popularity, count, item) for item, count in counts.items()])
+        await self._apply(groups)
         return sum(counts.values())
 
     async def replace_histories(self, sequences: Mapping[str, list[str]]) -> None:
         """Set these users' histories (loader: running it twice gives the same state)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for user, items in sequences.items():
-                pipe.delete(self.keys.history(user))
-                if items:
-                    pipe.rpush(self.keys.history(user), *items[-self.history_cap:])
-            await pipe.execute()
+        await self._apply([[("delete", self.keys.history(user))]
+                           + ([("rpush", self.keys.history(user), *items[-self.history_cap:])] if items else [])
+                           for user, items in sequences.items()])
 
     async def replace_popularity(self, counts: Mapping[str, int]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -95,16 +144,11 @@ class Store:
             return (await pipe.execute())[-1]
 
     async def replace_catalog(self, titles: Mapping[str, str], batch: int = 5000) -> int:
-        """Swap in a whole new catalog: written aside, then renamed in one transaction."""
+        """Swap in a whole new catalog: written aside in batches, then renamed and versioned at once."""
         staging = self.keys.catalog + ":staging"
         await self.redis.delete(staging)
         items = list(titles.items())
         for start in range(0, len(items), batch):
             await self.redis.hset(staging, mapping=dict(items[start:start + batch]))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if items:
-                pipe.rename(staging, self.keys.catalog)
-            else:
-                pipe.delete(self.keys.catalog)
-            pipe.incr(self.keys.catalog_version)
-            return (await pipe.execute())[-1]
+        # A script, not MULTI: redis-py refuses RENAME in a cluster pipeline (the three keys share a slot).
+        return await self.redis.eval(SWAP_CATALOG, 3, staging, self.keys.catalog, self.keys.catalog_version)

@@ -22,7 +22,7 @@ from hatllm.core.fusion import ItemPrior
 from hatllm.reference.modeling import load_model
 from hatllm.reference.search import constrained_beam_search
 from hatllm.sasrec import load_fusion
-from tests.helpers import TITLES, require
+from tests.helpers import TITLES, LocalRedisCluster, require
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 require("vllm")
@@ -40,16 +40,23 @@ POPULARITY = Counter({"3": 9, "1": 7, "2": 5, "8": 4, "7": 3, "6": 2, "5": 1, "4
 KEYS = Keys("hatrec")
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = EmbeddedRedis(free_port(), tmp_path_factory.mktemp("redis")).start()
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def redis_server(request, tmp_path_factory):
+    """Every test runs against one Redis and against a 3-master Redis Cluster."""
+    folder = tmp_path_factory.mktemp(request.param)
+    server = (EmbeddedRedis(free_port(), folder) if request.param == "redis" else LocalRedisCluster(folder)).start()
+    server.cluster = request.param == "redis-cluster"
     yield server
     server.stop()
 
 
+def sync_client(redis_server):
+    return (redis.RedisCluster if redis_server.cluster else redis.Redis).from_url(redis_server.url, decode_responses=True)
+
+
 @pytest.fixture(scope="module")
 def raw_redis(redis_server):
-    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    client = sync_client(redis_server)
     client.hset(KEYS.catalog, mapping=TITLES)
     client.set(KEYS.catalog_version, 1)
     client.zadd(KEYS.popularity, dict(POPULARITY))
@@ -62,7 +69,8 @@ def raw_redis(redis_server):
 def server(redis_server, raw_redis, hat_checkpoint):
     """The app served by a real uvicorn on 127.0.0.1, in a thread of this process (so tests can reach
     its services), and an HTTP client for it."""
-    settings = Settings(redis_url=redis_server.url, model_path=str(hat_checkpoint), dataset=None, kv_cache_gib=1,
+    settings = Settings(redis_url=redis_server.url, redis_cluster=redis_server.cluster, model_path=str(hat_checkpoint),
+                        dataset=None, kv_cache_gib=1,
                         max_model_len=256, catalog_poll_s=0.2, redis_timeout_s=0.5,
                         max_in_flight=64)  # tests of shedding lower it themselves
     app = create_app(settings)
@@ -132,9 +140,10 @@ def test_loader_imports_a_dataset_idempotently(redis_server, tiny_dataset):
     """`python -m service.loader` into its own key prefix: catalog, histories, popularity; twice = once."""
     from service.loader import main as loader
 
-    args = ["--data", str(tiny_dataset), "--redis-url", redis_server.url, "--prefix", "loadtest", "--history-cap", "4"]
+    args = ["--data", str(tiny_dataset), "--redis-url", redis_server.url, "--prefix", "loadtest", "--history-cap", "4",
+            "--cluster" if redis_server.cluster else "--no-cluster"]
     first = loader(args)
-    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    client = sync_client(redis_server)
     keys = Keys("loadtest")
     state = lambda: (client.hgetall(keys.catalog), client.lrange(keys.history("u1"), 0, -1),  # noqa: E731
                      client.zrange(keys.popularity, 0, -1, withscores=True))
