@@ -47,8 +47,9 @@ class Services:
         # How to stop the server when the engine dies: the runner's hook (python -m service exits with
         # code 3), else SIGTERM to this process (uvicorn shuts down gracefully, then dies by the signal).
         self.request_exit = request_exit or (lambda: os.kill(os.getpid(), signal.SIGTERM))
-        self.redis = connect(settings.redis_connection_url(), settings.redis_cluster, decode_responses=True, socket_timeout=settings.redis_timeout_s,
-                                    socket_connect_timeout=settings.redis_timeout_s, health_check_interval=5)
+        self.redis = connect(settings.redis_connection_url(), settings.redis_cluster, decode_responses=True,
+                             socket_timeout=settings.redis_timeout_s, socket_connect_timeout=settings.redis_timeout_s,
+                             health_check_interval=5)
         self.store = Store(self.redis, Keys(settings.redis_prefix), settings.history_cap)
         tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
         self.builder = PromptBuilder.from_model_config(tokenizer, config)
@@ -58,18 +59,24 @@ class Services:
         self.recommender = Recommender(settings, self.store, self.catalog, self.engine, fusion)
         self._watchers: list[asyncio.Task] = []
         self.engine_failed = False
-        self.warmed_up = False
+        self.migrated = self.warmed_up = False
 
     async def start(self) -> None:
         self.engine.start()
         try:
-            await self.store.migrate_legacy_keys()
-            await self.catalog.refresh()
-            await self.warm_up()
+            await self.prepare()
         except Exception as exc:  # not ready until Redis answers and the warm-up went through; the watcher retries
             log.warning("not ready at start: %r", exc)
         self._watchers = [asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s)),
                           asyncio.create_task(self.watch_health(self.settings.catalog_poll_s))]
+
+    async def prepare(self) -> None:
+        """Keys of the older layout renamed (once), the catalog loaded, the engine warmed up."""
+        if not self.migrated:
+            await self.store.migrate_legacy_keys()
+            self.migrated = True
+        await self.catalog.refresh()
+        await self.warm_up()
 
     async def warm_up(self) -> None:
         """Recommendations through the engine before /readyz says ready. The first requests on a fresh
@@ -105,7 +112,7 @@ class Services:
                 if not checks["engine"] and self.engine.started and not self.engine_failed:
                     self._on_engine_failure()
                 elif checks["engine"] and not self.warmed_up:
-                    await self.warm_up()
+                    await self.prepare()
             except Exception:  # a health check must never stop for good
                 log.exception("health check failed")
             await asyncio.sleep(interval_s)
