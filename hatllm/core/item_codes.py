@@ -6,8 +6,9 @@ trie (one child per code) and costs no model step. Titles stay in the prompt, so
 build each item's representation from its code and its title.
 
 The checkpoint stores ``item_codes.json`` (item id -> code token ids). An item added to the catalog after
-training has no code of its own: it shares the code of the trained item whose title is closest (most
-shared title tokens, Jaccard), and the title tokens after the shared code tell the two apart.
+training has no code of its own: it shares the code of the trained item whose title is closest (token
+Jaccard, among the items sharing its rarest title tokens), and the title tokens after the shared code
+tell the two apart.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 CODES_FILE = "item_codes.json"
+RARE_TOKENS = 3  # a new item's title tokens whose coded items are candidates for its code
+CANDIDATES_PER_TOKEN = 256
 CODE_TOKEN = "<|code_{}|>"
 
 Code = tuple[int, ...]
@@ -44,7 +47,10 @@ class ItemCodes:
         return cls(json.loads(path.read_text())["codes"]) if path.is_file() else None
 
     def for_catalog(self, titles: Mapping[str, str], title_tokens: Callable[[str], Sequence[int]]) -> dict[str, Code]:
-        """A code for every catalog item: its own, or the nearest coded item's (by title tokens)."""
+        """A code for every catalog item: its own, or that of the coded item with the most similar title
+        (token Jaccard) among those sharing one of its rarest title tokens. Looking only there keeps
+        the cost per new item bounded however large the catalog (common tokens such as "(" or "The"
+        would make every coded item a candidate)."""
         resolved = {item: self.codes[item] for item in titles if item in self.codes}
         new = [item for item in titles if item not in self.codes]
         if new:
@@ -57,11 +63,9 @@ class ItemCodes:
             fallback = min(self.codes.values())  # no coded item shares a token: the first code
             for item in new:
                 tokens = set(title_tokens(titles[item]))
-                shared: dict[int, int] = defaultdict(int)
-                for tok in tokens:
-                    for index in by_token.get(tok, ()):
-                        shared[index] += 1
-                best = max(shared, default=None,
-                           key=lambda i: (shared[i] / len(tokens | donor_tokens[i]), -i))
+                rarest = sorted((tok for tok in tokens if tok in by_token), key=lambda tok: (len(by_token[tok]), tok))
+                candidates = {i for tok in rarest[:RARE_TOKENS] for i in by_token[tok][:CANDIDATES_PER_TOKEN]}
+                best = max(candidates, default=None,
+                           key=lambda i: (len(tokens & donor_tokens[i]) / len(tokens | donor_tokens[i]), -i))
                 resolved[item] = resolved[donors[best]] if best is not None else fallback
         return resolved
