@@ -77,6 +77,13 @@ class LocalRedisCluster:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def start(self, timeout_s: float = 30.0) -> "LocalRedisCluster":
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()  # no node left running after a failed start
+            raise
+
+    def _start(self, timeout_s: float) -> "LocalRedisCluster":
         import subprocess
         import time
 
