@@ -85,6 +85,16 @@ def generate() -> list[dict]:
             for name, scopes in (("reader", ["read"]), ("writer", ["write"]), ("admin", ["read", "trusted", "write", "admin"]))]
 
 
+def write_new(path: Path, text: str, mode: int) -> bool:
+    """Create `path` with `mode` and `text`; False, leaving it alone, if it exists."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=mode)  # the mode before any secret is written
+    path.write_text(text)
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, help="write the keys here (never overwritten; default: print them)")
@@ -92,20 +102,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="also write a random Redis password to this file, if it does not exist (readable by the "
                         "Redis container's user too: keep it in a volume only the service and Redis mount)")
     args = p.parse_args(argv)
-    if args.redis_password is not None and not args.redis_password.exists():
-        args.redis_password.parent.mkdir(parents=True, exist_ok=True)
-        args.redis_password.touch(mode=0o644)
-        args.redis_password.write_text(secrets.token_urlsafe(32) + "\n")
+    if args.redis_password is not None:
+        write_new(args.redis_password, secrets.token_urlsafe(32) + "\n", 0o644)
     text = json.dumps(generate(), indent=1) + "\n"
     if args.out is None:
         print(text, end="")
-    elif args.out.exists():
-        print(f"{args.out} exists: kept")
     else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.touch(mode=0o600)
-        args.out.write_text(text)
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}" if write_new(args.out, text, 0o600) else f"{args.out} exists: kept")
 
 
 if __name__ == "__main__":

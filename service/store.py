@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 STORE_ERRORS = (RedisError, RedisClusterException)
 Command = tuple  # (pipeline method name, *arguments), e.g. ("rpush", key, "1", "2")
 CONCURRENT_TRANSACTIONS = 64  # per-user transactions in flight at once (cluster)
+READ_CHUNK = 10_000  # entries per HSCAN / ZSCAN call
 SWAP_CATALOG = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) else redis.call('DEL', KEYS[2]) end
 return redis.call('INCR', KEYS[3])
@@ -35,8 +36,6 @@ return redis.call('INCR', KEYS[3])
 def connect(url: str, cluster: bool = False, **options) -> Redis | RedisCluster:
     """A client for one Redis, or for the Redis Cluster that `url` is a node of."""
     return (RedisCluster if cluster else Redis).from_url(url, **options)
-
-READ_CHUNK = 10_000  # entries per HSCAN / ZSCAN call
 
 
 class Store:
@@ -71,7 +70,8 @@ class Store:
         renamed = 0
         for old, new in ((legacy.catalog, self.keys.catalog), (legacy.catalog_version, self.keys.catalog_version),
                          (legacy.popularity, self.keys.popularity)):
-            renamed += bool(await self.redis.exists(old)) and await self.redis.renamenx(old, new)
+            if await self.redis.exists(old):  # RENAMENX fails on a missing key
+                renamed += await self.redis.renamenx(old, new)
         async for key in self.redis.scan_iter(match=legacy.history_pattern, count=1000):
             if "{" not in key:
                 renamed += await self.redis.renamenx(key, self.keys.history(key.removeprefix(legacy.history(""))))

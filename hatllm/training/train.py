@@ -86,15 +86,16 @@ class CodeObjective:
     KL divergence from the teacher's next-item distribution."""
 
     def __init__(self, codes: ItemCodes, item_ids: list[str], teacher: SASRecRanker | None = None,
-                 distill_weight: float = 1.0):
+                 distill_weight: float = 1.0, device: str = "cpu"):
+        """`device`: the student's (the teacher already sits on its own)."""
         self.column = {item: c for c, item in enumerate(item_ids)}  # item -> its column in the code softmax
-        self.code_ids = torch.tensor([codes.codes[item][0] for item in item_ids])
+        self.code_ids = torch.tensor([codes.codes[item][0] for item in item_ids], device=device)
         self.teacher, self.distill_weight = teacher, distill_weight
         if teacher is not None:  # teacher column -> code column
-            self.teacher_order = torch.tensor([teacher.index[item] - 1 for item in item_ids])
+            self.teacher_order = torch.tensor([teacher.index[item] - 1 for item in item_ids], device=teacher.device)
 
     def code_logits(self, model, hidden: torch.Tensor) -> torch.Tensor:
-        return (hidden @ model.lm_head.weight[self.code_ids.to(hidden.device)].T).float()
+        return (hidden @ model.lm_head.weight[self.code_ids].T).float()
 
     def loss(self, model, windows, idx, ids, predicts, autocast: bool) -> torch.Tensor:
         opens = (ids == model.config.hat_item_open_token_id) & predicts
@@ -116,17 +117,17 @@ class CodeObjective:
     def init_codes_from_teacher(self, model) -> None:
         """Start each code embedding from the teacher's item embedding (its first dims, rescaled to the
         model's init scale): the collaborative geometry is there from the first step."""
-        source = self.teacher.model.item_emb.weight[1:][self.teacher_order.to(self.teacher.device)]
+        source = self.teacher.model.item_emb.weight[1:][self.teacher_order]
         source = source * (model.config.initializer_range / source.std())
         embeddings = model.get_input_embeddings().weight
-        embeddings[self.code_ids.to(embeddings.device), : source.shape[1]] = source.to(embeddings.device)
+        embeddings[self.code_ids, : source.shape[1]] = source.to(embeddings.device)
 
     def teacher_scores(self, item_windows: list[list[str]]) -> torch.Tensor:
         """The teacher's scores for every item after each prefix of each window, in code order."""
         model = self.teacher.model
         seqs = left_pad([[self.teacher.index[i] for i in w[:-1]] for w in item_windows], model.max_len).to(self.teacher.device)
         real = seqs != 0
-        return model.scores(model(seqs)[real])[:, self.teacher_order.to(self.teacher.device)]
+        return model.scores(model(seqs)[real])[:, self.teacher_order]
 
 
 class TitleObjective:
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> Path:
           f"layers {model.config.hat_layer_types}, item codes: {len(codes) if codes else 'none'}")
 
     teacher = SASRecRanker.load(args.teacher, args.device) if args.teacher else None
-    objective = CodeObjective(codes, item_ids, teacher, args.distill_weight) if codes else TitleObjective()
+    objective = CodeObjective(codes, item_ids, teacher, args.distill_weight, args.device) if codes else TitleObjective()
     windows = training_windows(split, titles, builder, codes.codes if codes else None)
     tokens = sum(len(w[0]) for w in windows)
     print(f"{len(windows)} training windows, {tokens} tokens, {tokens / sum(len(w[2]) for w in windows):.1f} per item")

@@ -17,7 +17,7 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(services: ServicesDep):
-    """Redis reachable, catalog loaded, engine running."""
+    """Redis reachable, catalog loaded, engine running, warm-up recommendations done."""
     checks = await services.checks()
     if all(checks.values()):
         return {"ready": True, "checks": checks}
