@@ -85,7 +85,7 @@ async def run_async(method: str, args, prompts, trie, builder, histories) -> dic
                 sasrec, weight = fusion
                 prior = ItemPrior(view, (await asyncio.to_thread(sasrec.log_probs_batch, [histories[i]]))[0], weight)
             result = await topk.search(prompt, view, K, prior=prior)
-            titles = [trie.leaf_of[item] for item, _ in result.items]
+            titles = [trie.leaf(item) for item, _ in result.items]
             return time.perf_counter() - started, result.model_steps, titles
         async for _ in engine.generate({"prompt_token_ids": prompt}, greedy, f"floor-{i}-{started}"):
             pass
@@ -131,7 +131,7 @@ def run_vllm_beam(args, prompts, trie, builder) -> dict:
         for seq in output.sequences:
             generated = [t for t in seq.tokens[len(prompt):] if t != builder.tokenizer.eos_token_id]
             node = trie.node(generated)
-            if node is not None and node in trie.items_at:
+            if node is not None and trie.is_leaf(node):
                 leaves.append(node)
         return leaves
 
@@ -168,9 +168,9 @@ def run_hf_beam(args, prompts, trie, builder) -> dict:
     for prompt in prompts[:n]:
         def allowed(_batch_id, ids, prompt_len=len(prompt)):
             node = trie.node(ids[prompt_len:].tolist())
-            if node is None or node in trie.items_at:
+            if node is None or trie.is_leaf(node):
                 return [eos]
-            return list(trie.children[node])
+            return [tok for tok, _ in trie.edges(node)]
 
         t0 = time.perf_counter()
         with torch.no_grad():
@@ -179,7 +179,7 @@ def run_hf_beam(args, prompts, trie, builder) -> dict:
                                  pad_token_id=builder.tokenizer.pad_token_id, length_penalty=0.0, early_stopping=True)
         latencies.append(time.perf_counter() - t0)
         leaves = [trie.node(seq[len(prompt):].tolist()) for seq in out]
-        got.append([leaf for leaf in leaves if leaf in trie.items_at])
+        got.append([leaf for leaf in leaves if leaf is not None and trie.is_leaf(leaf)])
     run = summary(latencies, time.perf_counter() - started)
     print("hf_beam", 1, run, flush=True)
     return dict(runs={1: run}, lists=got)

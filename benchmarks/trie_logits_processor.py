@@ -37,7 +37,7 @@ class TrieLogitsProcessor(AdapterLogitsProcessor):
         ids = list(prompt_ids) + list(output_ids)
         last_open = len(ids) - 1 - ids[::-1].index(self.builder.item_open_id)
         node = self.trie.node(ids[last_open + 1:])
-        allowed = [self.eos] if node is None or node in self.trie.items_at else list(self.trie.children[node])
+        allowed = [self.eos] if node is None or self.trie.is_leaf(node) else [tok for tok, _ in self.trie.edges(node)]
         masked = torch.full_like(logits, float("-inf"))
         masked[allowed] = logits[allowed]
         return masked

@@ -28,6 +28,14 @@ class Keys:
         return self._shared("catalog:version")
 
     @property
+    def catalog_changes(self) -> str:  # sorted set: item id -> the catalog version that last changed it
+        return self._shared("catalog:changes")
+
+    @property
+    def catalog_changes_floor(self) -> str:  # integer: changes up to this version may be missing from the log
+        return self._shared("catalog:changes:floor")
+
+    @property
     def popularity(self) -> str:  # sorted set: item id -> interaction count
         return self._shared("popularity")
 

@@ -26,7 +26,8 @@ USERS_PER_BATCH = 500
 
 async def load_into_redis(store: Store, data: str) -> dict:
     dataset = load_dataset(data)
-    version = await store.replace_catalog(dataset.catalog.titles)
+    with tqdm(total=len(dataset.catalog), desc="catalog", unit="item") as bar:
+        version = await store.replace_catalog(dataset.catalog.titles, bar.update)
     users = list(dataset.sequences)
     for start in tqdm(range(0, len(users), USERS_PER_BATCH), desc="histories", unit="batch"):
         await store.replace_histories({u: dataset.sequences[u] for u in users[start:start + USERS_PER_BATCH]})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import contextmanager
+from itertools import islice
 
 from hatllm.core.fusion import ItemPrior
 from hatllm.sasrec import SASRecRanker
@@ -87,7 +88,7 @@ class Recommender:
     def _cold_start(self, req, snapshot: CatalogSnapshot, allow, deny) -> RecommendResponse:
         metrics.COLD_START.inc()
         allowed = set(allow) if allow is not None else None
-        picked = [i for i in snapshot.popular if i not in deny and (allowed is None or i in allowed)][: req.k]
+        picked = list(islice((i for i in snapshot.most_popular() if i not in deny and (allowed is None or i in allowed)), req.k))
         return self._response(req, snapshot, [(i, None) for i in picked], 0, "cold_start_popular", "popular")
 
     def _response(self, req: RecommendRequest, snapshot: CatalogSnapshot, ranked: list[tuple[str, float | None]],

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+from itertools import islice
 from typing import Callable
 
 from transformers import AutoConfig, AutoTokenizer
@@ -87,8 +88,9 @@ class Services:
             return
         started = time.perf_counter()
         n = self.settings.max_history
-        for history in (snapshot.popular[:n], snapshot.popular[1 : n + 1] or snapshot.popular[:1]):
-            request = RecommendRequest(user_id="warm-up", k=min(10, len(snapshot.popular)), history=history)
+        popular = list(islice(snapshot.most_popular(), n + 1))
+        for history in (popular[:n], popular[1 : n + 1] or popular[:1]):
+            request = RecommendRequest(user_id="warm-up", k=min(10, len(popular)), history=history)
             response = await self.recommender.recommend(request)
         self.warmed_up = response.strategy == "model"
         log.info("warm-up recommendations through the engine: %.2f s", time.perf_counter() - started)
@@ -129,5 +131,6 @@ class Services:
     async def stop(self) -> None:
         for task in self._watchers:
             task.cancel()
+        self.catalog.stop()
         self.engine.shutdown()
         await self.redis.aclose()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -26,10 +26,39 @@ log = logging.getLogger(__name__)
 STORE_ERRORS = (RedisError, RedisClusterException)
 Command = tuple  # (pipeline method name, *arguments), e.g. ("rpush", key, "1", "2")
 CONCURRENT_TRANSACTIONS = 64  # per-user transactions in flight at once (cluster)
-READ_CHUNK = 10_000  # entries per HSCAN / ZSCAN call
+READ_CHUNK = 10_000  # entries per HSCAN / ZSCAN / HMGET call
+WRITE_BATCH, PIPELINED_BATCHES = 5_000, 10  # items per HSET, HSETs per round trip when loading a catalog
+CHANGE_LOG_CAP = 100_000  # items in the catalog change log; a replica further behind reads the whole catalog
+# Scripts, not MULTI: the version a change gets is known only inside the transaction, and redis-py refuses
+# RENAME in a cluster pipeline. Every catalog key shares one hash slot.
+# KEYS: catalog, version, change log, log floor.
+CHANGE_CATALOG = """
+local version = redis.call('INCR', KEYS[2])
+if ARGV[1] == 'put' then
+  for i = 3, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[3], version, ARGV[i])
+  end
+else
+  for i = 3, #ARGV do
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    redis.call('ZADD', KEYS[3], version, ARGV[i])
+  end
+end
+local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[2])
+if excess > 0 then
+  local dropped = redis.call('ZPOPMIN', KEYS[3], excess)
+  redis.call('SET', KEYS[4], dropped[#dropped])
+end
+return version
+"""
+# KEYS: staging hash, catalog, version, change log, log floor.
 SWAP_CATALOG = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) else redis.call('DEL', KEYS[2]) end
-return redis.call('INCR', KEYS[3])
+local version = redis.call('INCR', KEYS[3])
+redis.call('DEL', KEYS[4])
+redis.call('SET', KEYS[5], version)
+return version
 """
 
 
@@ -113,6 +142,10 @@ class Store:
     async def popularity(self) -> dict[str, float]:
         return {item: score async for item, score in self.redis.zscan_iter(self.keys.popularity, count=READ_CHUNK)}
 
+    async def popularity_of(self, item_ids: list[str]) -> dict[str, float]:
+        scores = await self.redis.zmscore(self.keys.popularity, item_ids) if item_ids else []
+        return {item: score for item, score in zip(item_ids, scores) if score is not None}
+
     # Catalog
 
     async def catalog_version(self) -> int:
@@ -127,28 +160,53 @@ class Store:
             if await self.catalog_version() == version:
                 return version, titles
 
+    async def catalog_changes(self, since: int) -> tuple[int, dict[str, str | None]] | None:
+        """(version, item -> its title now or None if removed) for every item changed after version
+        `since`; None when the change log does not reach back that far (read the whole catalog instead).
+        A title may be newer than the version: applying a change again is harmless."""
+        keys = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(keys.catalog_version).get(keys.catalog_changes_floor)
+            pipe.zrange(keys.catalog_changes, -1, -1, withscores=True)
+            pipe.zrangebyscore(keys.catalog_changes, f"({since}", "+inf")
+            version, floor, newest, items = await pipe.execute()
+        version, floor = int(version or 0), int(floor or 0)
+        # A version the log does not hold: changed by something that bypassed this store (older code).
+        logged = version == floor or (newest and int(newest[0][1]) == version)
+        if since < floor or not logged:
+            return None
+        titles = []
+        for start in range(0, len(items), READ_CHUNK):
+            titles += await self.redis.hmget(keys.catalog, items[start:start + READ_CHUNK])
+        return version, dict(zip(items, titles))
+
     async def titles(self, item_ids: list[str]) -> list[str | None]:
         return await self.redis.hmget(self.keys.catalog, item_ids) if item_ids else []
 
+    async def _change_catalog(self, action: str, arguments: list[str]) -> int:
+        keys = self.keys
+        return await self.redis.eval(CHANGE_CATALOG, 4, keys.catalog, keys.catalog_version, keys.catalog_changes,
+                                     keys.catalog_changes_floor, action, CHANGE_LOG_CAP, *arguments)
+
     async def put_items(self, titles: Mapping[str, str]) -> int:
         """Add or retitle items; returns the new catalog version."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.catalog, mapping=dict(titles))
-            pipe.incr(self.keys.catalog_version)
-            return (await pipe.execute())[-1]
+        return await self._change_catalog("put", [field for pair in titles.items() for field in pair])
 
     async def remove_items(self, item_ids: list[str]) -> int:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hdel(self.keys.catalog, *item_ids)
-            pipe.incr(self.keys.catalog_version)
-            return (await pipe.execute())[-1]
+        return await self._change_catalog("remove", list(item_ids))
 
-    async def replace_catalog(self, titles: Mapping[str, str], batch: int = 5000) -> int:
-        """Swap in a whole new catalog: written aside in batches, then renamed and versioned at once."""
-        staging = self.keys.catalog + ":staging"
+    async def replace_catalog(self, titles: Mapping[str, str], on_written: Callable[[int], object] = lambda n: None) -> int:
+        """Swap in a whole new catalog: written aside in pipelined batches (`on_written` gets each batch's
+        item count), then renamed and versioned at once (every replica then reads it whole)."""
+        keys = self.keys
+        staging = keys.catalog + ":staging"
         await self.redis.delete(staging)
         items = list(titles.items())
-        for start in range(0, len(items), batch):
-            await self.redis.hset(staging, mapping=dict(items[start:start + batch]))
-        # A script, not MULTI: redis-py refuses RENAME in a cluster pipeline (the three keys share a slot).
-        return await self.redis.eval(SWAP_CATALOG, 3, staging, self.keys.catalog, self.keys.catalog_version)
+        for start in range(0, len(items), WRITE_BATCH * PIPELINED_BATCHES):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for batch in range(start, min(start + WRITE_BATCH * PIPELINED_BATCHES, len(items)), WRITE_BATCH):
+                    pipe.hset(staging, mapping=dict(items[batch:batch + WRITE_BATCH]))
+                await pipe.execute()
+            on_written(min(WRITE_BATCH * PIPELINED_BATCHES, len(items) - start))
+        return await self.redis.eval(SWAP_CATALOG, 5, staging, keys.catalog, keys.catalog_version, keys.catalog_changes,
+                                     keys.catalog_changes_floor)

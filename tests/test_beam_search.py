@@ -22,7 +22,7 @@ def brute_force_scores(model, builder, view, history):
     """Each live item's renormalised log-probability, by teacher forcing its whole title."""
     prompt = builder.prompt(history)
     scores = {}
-    for leaf, items in view.trie.items_at.items():
+    for leaf in {view.trie.leaf(item) for item in TITLES}:
         live = view.items(leaf)
         if not live:
             continue
@@ -34,7 +34,7 @@ def brute_force_scores(model, builder, view, history):
             allowed = [t for t, _ in view.allowed(node)]
             lp = out[len(prompt) - 1 + i, allowed].log_softmax(-1)
             total += lp[allowed.index(tok)].item()
-            node = view.trie.children[node][tok]
+            node = dict(view.trie.edges(node))[tok]
         for item in live:
             scores[item] = total
     return scores
@@ -42,9 +42,10 @@ def brute_force_scores(model, builder, view, history):
 
 def test_trie_structure(trie, builder):
     assert trie.item_count[ROOT] == len(TITLES)
-    leaf = trie.leaf_of["4"]
-    assert trie.items_at[leaf] == ["5", "4"]  # duplicate title: more popular first
-    assert trie.leaf_of["5"] == leaf
+    leaf = trie.leaf("4")
+    assert trie.items(leaf) == ["5", "4"]  # duplicate title: more popular first
+    assert trie.leaf("5") == leaf and trie.is_leaf(leaf) and not trie.is_leaf(ROOT)
+    assert trie.tokens("4") == [*builder.title_tokens(TITLES["4"]), builder.item_close_id]
     path = (*builder.title_tokens(TITLES["4"]), builder.item_close_id)
     assert trie.node(path) == leaf and trie.node(path[:-1]) == trie.path("4")[1] and trie.node([-1]) is None
     assert trie.longest_path == max(len(builder.title_tokens(t)) + 1 for t in TITLES.values())
@@ -53,12 +54,12 @@ def test_trie_structure(trie, builder):
 def test_view_counts(trie):
     view = trie.view(deny=["1", "4"])
     assert view.live_count(ROOT) == len(TITLES) - 2
-    assert view.items(trie.leaf_of["4"]) == ["5"]
+    assert view.items(trie.leaf("4")) == ["5"]
     only = trie.view(allow=["2", "3", "99"], deny=["3"])
     assert only.live_count(ROOT) == 1
-    assert only.live_count(trie.leaf_of["3"]) == 0
+    assert only.live_count(trie.leaf("3")) == 0
     first_token = trie.path("2")[-2]  # the node under the root on item 2's path
-    assert only.allowed(ROOT) == [(tok, child) for tok, child in trie.children[ROOT].items() if child == first_token]
+    assert only.allowed(ROOT) == [(tok, child) for tok, child in trie.edges(ROOT) if child == first_token]
 
 
 def test_scores_match_brute_force_and_are_sorted(hat_model, builder, trie):

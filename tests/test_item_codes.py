@@ -1,12 +1,14 @@
 """Collaborative item codes: resolution for new items, the trie and search over coded titles."""
 
+import random
 from collections import Counter
 
 import pytest
 import torch
 
+from hatllm.core import item_codes
 from hatllm.core.catalog import ModelCatalog
-from hatllm.core.item_codes import ItemCodes
+from hatllm.core.item_codes import CANDIDATES_PER_TOKEN, RARE_TOKENS, ItemCodes
 from hatllm.core.prompt import DEFAULT_INSTRUCTION, PromptBuilder
 from hatllm.core.search import TrieBeamSearch
 from hatllm.core.trie import ROOT, TitleTrie
@@ -14,6 +16,7 @@ from hatllm.reference.modeling import HAT_ATTENTION, make_config
 from hatllm.reference.search import constrained_beam_search, prompt_logits_batch, renormalised
 from hatllm.training.tokenizer import ITEM_CLOSE, ITEM_OPEN, train_tokenizer
 from tests.helpers import TITLES
+from tests.test_trie import check_same_catalog
 
 
 def coded_setup():
@@ -39,13 +42,43 @@ def test_codes_are_special_tokens_that_no_title_produces(tmp_path):
 def test_new_item_shares_the_code_of_its_nearest_titled_item():
     tokenizer, builder, codes = coded_setup()
     catalog = dict(TITLES, new1="Toy Story 3 (2010)", new2="Zzyzx Qqq")
-    resolved = codes.for_catalog(catalog, builder.title_tokens)
+    resolved = ModelCatalog.build(builder, catalog, codes).codes
     assert {i: resolved[i] for i in TITLES} == codes.codes  # trained items keep their own code
     assert resolved["new1"] in (codes.codes["1"], codes.codes["6"])  # a Toy Story
     assert resolved["new2"] in codes.codes.values()
     # The shared code branches on the title: both items stay reachable and distinct.
     trie = TitleTrie.from_catalog(catalog, builder, Counter(), resolved)
-    assert trie.leaf_of["new1"] != trie.leaf_of[[i for i, c in codes.codes.items() if c == resolved["new1"]][0]]
+    assert trie.leaf("new1") != trie.leaf([i for i, c in codes.codes.items() if c == resolved["new1"]][0])
+
+
+def nearest_code_by_loops(codes: ItemCodes, titles: dict[str, str], title_tokens, per_token: int) -> dict:
+    """The rule `NearestCode` implements with arrays, written as plain loops."""
+    resolved = {item: codes.codes[item] for item in titles if item in codes.codes}
+    donors = list(resolved)
+    donor_tokens = [set(title_tokens(titles[d])) for d in donors]
+    by_token: dict[int, list[int]] = {}
+    for index, tokens in enumerate(donor_tokens):
+        for tok in tokens:
+            by_token.setdefault(tok, []).append(index)
+    for item in (i for i in titles if i not in codes.codes):
+        tokens = set(title_tokens(titles[item]))
+        rarest = sorted((t for t in tokens if t in by_token), key=lambda t: (len(by_token[t]), t))[:RARE_TOKENS]
+        candidates = {i for t in rarest for i in by_token[t][:per_token]}
+        best = max(candidates, default=None, key=lambda i: (len(tokens & donor_tokens[i]) / len(tokens | donor_tokens[i]), -i))
+        resolved[item] = resolved[donors[best]] if best is not None else min(codes.codes.values())
+    return resolved
+
+
+@pytest.mark.parametrize("seed,per_token", [(0, CANDIDATES_PER_TOKEN), (1, CANDIDATES_PER_TOKEN), (2, 2)])
+def test_nearest_code_matches_the_rule_written_as_loops(seed, per_token, monkeypatch):
+    monkeypatch.setattr(item_codes, "CANDIDATES_PER_TOKEN", per_token)
+    tokenizer, builder, codes = coded_setup()
+    rng = random.Random(seed)
+    words = " ".join(TITLES.values()).split() + ["Zzyzx", "Qq"]
+    catalog = {item: title for item, title in TITLES.items() if rng.random() < 0.8}  # some trained items gone
+    catalog |= {f"new{k}": " ".join(rng.choices(words, k=rng.randrange(1, 6))) for k in range(200)}
+    resolved = ModelCatalog.build(builder, catalog, codes).codes
+    assert resolved == nearest_code_by_loops(codes, catalog, builder.title_tokens, per_token)
 
 
 def test_prompt_puts_the_code_first_in_each_item():
@@ -83,3 +116,17 @@ def test_search_over_codes_is_one_model_step_and_ranks_by_the_code_softmax():
         assert [i for i, _ in result.items] == by_code[:4]
         search = TrieBeamSearch(view, 4, 4)
         assert len(search.allowed_tokens(search.active[0])) == len(TITLES) - len(deny)  # a full-catalog softmax
+
+
+def test_a_patched_catalog_equals_a_full_build_of_the_same_titles():
+    tokenizer, builder, codes = coded_setup()
+    first = {"3": None, "5": "Toy Story 4 (2019)", "new": "Heat Casino", "new2": TITLES["2"]}
+    then = {"new3": "Jumanji Heat", "new": None, "2": TITLES["8"]}
+    patched = ModelCatalog.build(builder, TITLES, codes).with_changes(first).with_changes(then)
+    final = {item: title for item, title in {**TITLES, **first, **then}.items() if title is not None}
+    assert patched.titles == final and patched.patch_size == 6
+    assert all(patched.codes[item] == code for item, code in codes.codes.items() if item in final)
+    assert {patched.codes[item] for item in ("new2", "new3")} <= set(codes.codes.values())  # a donor's code
+    close = builder.item_close_id
+    check_same_catalog(patched.trie, {i: [*patched.codes[i], *builder.title_tokens(t), close] for i, t in final.items()})
+    assert patched.prompt(["5", "new3"]) == builder.prompt([final["5"], final["new3"]], [patched.codes["5"], patched.codes["new3"]])

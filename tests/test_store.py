@@ -5,6 +5,7 @@ import asyncio
 import pytest
 import redis
 
+from service import store as store_module
 from service.keys import Keys
 from service.redis_server import EmbeddedRedis
 from service.store import Store, connect
@@ -56,6 +57,28 @@ def test_catalog_changes_are_versioned(redis_url):
     first, second, third, catalog, titles = run(redis_url, "catalog", scenario)
     assert (first, second, third) == (1, 2, 3) and catalog == (3, {"2": "Two", "3": "Three"})
     assert titles == ["Two", None]
+
+
+def test_the_change_log_gives_every_item_changed_since_a_version(redis_url, monkeypatch):
+    monkeypatch.setattr(store_module, "CHANGE_LOG_CAP", 4)
+
+    async def scenario(store: Store):
+        await store.replace_catalog({"1": "One", "2": "Two"})  # version 1
+        at_load = await store.catalog_changes(0), await store.catalog_changes(1)
+        await store.put_items({"3": "Three", "1": "Uno"})  # 2
+        await store.remove_items(["2"])  # 3
+        await store.put_items({"4": "Four"})  # 4
+        since = [await store.catalog_changes(v) for v in (1, 2, 4)]
+        await store.put_items({"5": "Five", "6": "Six"})  # 5: the log (cap 4) drops "1" and "3" (version 2)
+        trimmed = await store.catalog_changes(1), await store.catalog_changes(2)
+        await store.redis.incr(store.keys.catalog_version)  # a change that bypassed the log
+        return at_load, since, trimmed, await store.catalog_changes(5)
+
+    at_load, since, trimmed, bypassed = run(redis_url, "changes", scenario)
+    assert at_load == (None, (1, {}))  # a reader from before the whole-catalog load must read it whole
+    assert since == [(4, {"1": "Uno", "3": "Three", "2": None, "4": "Four"}), (4, {"2": None, "4": "Four"}), (4, {})]
+    assert trimmed == (None, (5, {"2": None, "4": "Four", "5": "Five", "6": "Six"}))
+    assert bypassed is None
 
 
 def test_loader_replaces_histories(redis_url):

@@ -1,35 +1,89 @@
 """A catalog as one checkpoint sees it: titles, each item's code (for a model trained with item codes),
 the decoding trie over them, and prompts built from item ids. Training, evaluation, benchmarks and the
-service all build it here, so a prompt and a trie can never disagree about an item's tokens."""
+service all build it here, so a prompt and a trie can never disagree about an item's tokens.
+
+A catalog that changes (the service's) is built once, then patched: `with_changes` lays the items
+added, retitled or removed since the full build over it (`PatchedTrie`), at a cost proportional to the
+changes, not to the catalog. Whoever owns it rebuilds it in full now and then (`patch_size`), in the
+background, and re-applies the changes made meanwhile.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+from collections import ChainMap, Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
-from hatllm.core.item_codes import Code, ItemCodes
+import numpy as np
+
+from hatllm.core.item_codes import Code, ItemCodes, NearestCode, select_rows
 from hatllm.core.prompt import PromptBuilder
-from hatllm.core.trie import TitleTrie
+from hatllm.core.trie import PatchedTrie, TitleTrie, popularity_rank
 
 
 @dataclass(frozen=True)
 class ModelCatalog:
     builder: PromptBuilder
-    titles: dict[str, str]
-    codes: dict[str, Code] | None
-    trie: TitleTrie
+    titles: Mapping[str, str]
+    codes: Mapping[str, Code] | None
+    trie: TitleTrie | PatchedTrie
+    item_codes: ItemCodes | None = None  # the checkpoint's own codes
+    nearest: NearestCode | None = None  # codes for items the checkpoint has none for
+    base: "ModelCatalog | None" = None  # the fully built catalog this one patches
+    changes: Mapping[str, str | None] = field(default_factory=dict)  # since `base`: item -> title, None = removed
 
     @classmethod
-    def build(cls, builder: PromptBuilder, titles: dict[str, str], item_codes: ItemCodes | None,
-              popularity: Counter | None = None) -> "ModelCatalog":
-        codes = item_codes.for_catalog(titles, builder.title_tokens) if item_codes else None
-        return cls(builder, titles, codes, TitleTrie.from_catalog(titles, builder, popularity, codes))
+    def build(cls, builder: PromptBuilder, titles: Mapping[str, str], item_codes: ItemCodes | None,
+              popularity: Mapping[str, float] | None = None) -> "ModelCatalog":
+        items = list(titles)
+        tokens, lengths = builder.title_tokens_batch([titles[i] for i in items])
+        codes = nearest = None
+        if item_codes:
+            coded = np.fromiter((item in item_codes.codes for item in items), bool, len(items))
+            nearest = NearestCode(item_codes, [i for i, c in zip(items, coded) if c], *select_rows(tokens, lengths, coded))
+            codes = cls._codes(items, tokens, lengths, item_codes, nearest)
+        trie = TitleTrie.from_title_tokens(items, tokens, lengths, builder.item_close_id, codes, popularity_rank(items, popularity))
+        return cls(builder, dict(titles), codes, trie, item_codes, nearest)
+
+    @staticmethod
+    def _codes(items: Sequence[str], tokens: np.ndarray, lengths: np.ndarray, item_codes: ItemCodes,
+               nearest: NearestCode) -> dict[str, Code]:
+        """Each item's own code, or its nearest coded item's."""
+        coded = np.fromiter((item in item_codes.codes for item in items), bool, len(items))
+        codes = {item: item_codes.codes[item] for item in items if item in item_codes.codes}
+        return codes | nearest.assign([i for i, c in zip(items, coded) if not c], *select_rows(tokens, lengths, ~coded))
 
     @classmethod
-    def for_checkpoint(cls, path: str | Path, titles: dict[str, str], popularity: Counter | None = None) -> "ModelCatalog":
+    def for_checkpoint(cls, path: str | Path, titles: Mapping[str, str], popularity: Counter | None = None) -> "ModelCatalog":
         return cls.build(PromptBuilder.from_checkpoint(path), titles, ItemCodes.load(path), popularity)
+
+    @property
+    def patch_size(self) -> int:
+        """Items changed since the last full build."""
+        return len(self.changes)
+
+    def with_changes(self, changes: Mapping[str, str | None], popularity: Mapping[str, float] | None = None) -> "ModelCatalog":
+        """This catalog with `changes` (item -> its title now, None for removed) applied, built from the full
+        build's trie and every change since it. A removed trained item may still lend its code to a new
+        item until the next full build."""
+        base = self.base or self
+        merged = {**self.changes, **changes}
+        titles = dict(self.titles)
+        for item, title in changes.items():
+            if title is None:
+                titles.pop(item, None)
+            else:
+                titles[item] = title
+        added = [item for item, title in merged.items() if title is not None and base.titles.get(item) != title]
+        removed = [item for item, title in merged.items() if item in base.titles and base.titles[item] != title]
+        tokens, lengths = self.builder.title_tokens_batch([merged[item] for item in added])
+        added_codes = self._codes(added, tokens, lengths, base.item_codes, base.nearest) if base.item_codes else None
+        added_trie = TitleTrie.from_title_tokens(added, tokens, lengths, self.builder.item_close_id, added_codes,
+                                                 popularity_rank(added, popularity))
+        codes = ChainMap(added_codes, base.codes) if added_codes is not None else None
+        return ModelCatalog(self.builder, titles, codes, PatchedTrie(base.trie, removed, added_trie), base.item_codes,
+                            base.nearest, base, merged)
 
     def prompt(self, history: Sequence[str]) -> list[int]:
         """The prompt recommending the item after `history` (item ids, oldest first)."""

@@ -29,11 +29,12 @@ class ItemPrior:
         self.trie, self.view, self.weight = trie, view, weight
         floor = min(log_probs.values(), default=0.0)
         top = max(log_probs.values(), default=0.0)  # shift before exp: masses stay representable
-        masses = [math.exp(log_probs.get(item, floor) - top) if view.is_live(item) else 0.0 for item in trie.item_order]
+        masses = [math.exp(log_probs.get(item, floor) - top) if item is not None and view.is_live(item) else 0.0
+                  for item in trie.item_order]  # None: an item removed from a patched trie
         self._cumulative = [0.0, *accumulate(masses)]
 
     def log_mass(self, node: int) -> float:
-        mass = self._cumulative[self.trie.span_end[node]] - self._cumulative[self.trie.span_start[node]]
+        mass = sum(self._cumulative[end] - self._cumulative[start] for start, end in self.trie.spans(node))
         return math.log(mass) if mass > 0 else -math.inf
 
     def logit_bias(self, node: int) -> dict[int, float]:

@@ -14,13 +14,17 @@ tell the two apart.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from hatllm.core.arrays import ragged_positions
 
 CODES_FILE = "item_codes.json"
 RARE_TOKENS = 3  # a new item's title tokens whose coded items are candidates for its code
-CANDIDATES_PER_TOKEN = 256
+CANDIDATES_PER_TOKEN = 32
+NEW_ITEMS_PER_CHUNK = 2048  # bounds the candidate arrays in memory
 CODE_TOKEN = "<|code_{}|>"
 
 Code = tuple[int, ...]
@@ -46,26 +50,69 @@ class ItemCodes:
         path = Path(folder) / CODES_FILE
         return cls(json.loads(path.read_text())["codes"]) if path.is_file() else None
 
-    def for_catalog(self, titles: Mapping[str, str], title_tokens: Callable[[str], Sequence[int]]) -> dict[str, Code]:
-        """A code for every catalog item: its own, or that of the coded item with the most similar title
-        (token Jaccard) among those sharing one of its rarest title tokens. Looking only there keeps
-        the cost per new item bounded however large the catalog (common tokens such as "(" or "The"
-        would make every coded item a candidate)."""
-        resolved = {item: self.codes[item] for item in titles if item in self.codes}
-        new = [item for item in titles if item not in self.codes]
-        if new:
-            donors = list(resolved)  # coded items still in the catalog
-            by_token: dict[int, list[int]] = defaultdict(list)
-            donor_tokens = [set(title_tokens(titles[d])) for d in donors]
-            for index, tokens in enumerate(donor_tokens):
-                for tok in tokens:
-                    by_token[tok].append(index)
-            fallback = min(self.codes.values())  # no coded item shares a token: the first code
-            for item in new:
-                tokens = set(title_tokens(titles[item]))
-                rarest = sorted((tok for tok in tokens if tok in by_token), key=lambda tok: (len(by_token[tok]), tok))
-                candidates = {i for tok in rarest[:RARE_TOKENS] for i in by_token[tok][:CANDIDATES_PER_TOKEN]}
-                best = max(candidates, default=None,
-                           key=lambda i: (len(tokens & donor_tokens[i]) / len(tokens | donor_tokens[i]), -i))
-                resolved[item] = resolved[donors[best]] if best is not None else fallback
+
+class NearestCode:
+    """Codes for items the model was not trained on: the code of the coded item ("donor") with the most
+    similar title (token Jaccard, ties to the earlier donor) among those sharing one of the item's rarest
+    title tokens. Looking only there keeps the cost per new item bounded however large the catalog
+    (common tokens such as "(" or "The" would make every donor a candidate). Built once per set of donors,
+    it assigns any number of new items as array operations, in chunks: a million take seconds."""
+
+    def __init__(self, codes: ItemCodes, donors: Sequence[str], tokens: np.ndarray, lengths: np.ndarray):
+        """`donors`: coded items, with their titles' tokens as a batch (`PromptBuilder.title_tokens_batch`)."""
+        self.codes = [codes.codes[d] for d in donors]
+        self.fallback = min(codes.codes.values())  # no donor shares a token: the first code
+        owner, word_ids = distinct_tokens(tokens, lengths)
+        self.size = np.bincount(owner, minlength=len(donors))  # distinct tokens per donor title
+        by_token = np.lexsort((owner, word_ids))
+        self.token_donors = owner[by_token]  # donors holding each token, by token then donor order (CSR)
+        self.vocabulary, self.first, self.frequency = np.unique(word_ids[by_token], return_index=True, return_counts=True)
+        self.donor_words = np.sort(owner * len(self.vocabulary) + np.searchsorted(self.vocabulary, word_ids))
+
+    def assign(self, items: Sequence[str], tokens: np.ndarray, lengths: np.ndarray) -> dict[str, Code]:
+        """`items` with their titles' tokens as a batch -> each one's code."""
+        resolved = dict.fromkeys(items, self.fallback)
+        if not len(self.vocabulary):
+            return resolved
+        owner, word_ids = distinct_tokens(tokens, lengths)
+        size = np.bincount(owner, minlength=len(items))
+        word = np.searchsorted(self.vocabulary, word_ids)
+        known = (word < len(self.vocabulary)) & (self.vocabulary[np.minimum(word, len(self.vocabulary) - 1)] == word_ids)
+        owner, word = owner[known], word[known]
+        order = np.lexsort((self.vocabulary[word], self.frequency[word], owner))  # each item's rarest tokens first
+        owner, word = owner[order], word[order]
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if len(owner) else np.zeros(0, np.int64)
+        rare = np.arange(len(owner)) - np.repeat(starts, np.diff(np.r_[starts, len(owner)])) < RARE_TOKENS
+        bounds = np.searchsorted(owner, np.arange(0, len(items) + NEW_ITEMS_PER_CHUNK, NEW_ITEMS_PER_CHUNK))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if lo == hi:
+                continue
+            o, w, r = owner[lo:hi], word[lo:hi], rare[lo:hi]
+            per_rare = np.minimum(self.frequency[w[r]], CANDIDATES_PER_TOKEN)
+            candidate_item = np.repeat(o[r], per_rare)
+            candidate = self.token_donors[ragged_positions(self.first[w[r]], per_rare)]
+            # |title ∩ candidate|: the item's known tokens looked up in the candidate's set.
+            item_start = np.searchsorted(o, candidate_item)
+            item_words = np.searchsorted(o, candidate_item, side="right") - item_start
+            keys = np.repeat(candidate, item_words) * len(self.vocabulary) + w[ragged_positions(item_start, item_words)]
+            found = self.donor_words[np.minimum(np.searchsorted(self.donor_words, keys), len(self.donor_words) - 1)] == keys
+            shared = np.add.reduceat(found, np.r_[0, np.cumsum(item_words)[:-1]])
+            jaccard = shared / (size[candidate_item] + self.size[candidate] - shared)
+            best = np.lexsort((candidate, -jaccard, candidate_item))
+            best = best[np.r_[True, candidate_item[best][1:] != candidate_item[best][:-1]]]
+            for item, donor in zip(candidate_item[best].tolist(), candidate[best].tolist()):
+                resolved[items[item]] = self.codes[donor]
         return resolved
+
+
+def distinct_tokens(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, token) pairs of each row's distinct tokens, by row then token."""
+    width = int(tokens.max(initial=0)) + 1
+    pairs = np.unique(np.repeat(np.arange(len(lengths)), lengths) * width + tokens)
+    return pairs // width, pairs % width
+
+
+def select_rows(tokens: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a batch (tokens concatenated, tokens per row) that `rows` selects (a mask or indices)."""
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    return tokens[ragged_positions(starts[rows], lengths[rows])], lengths[rows]

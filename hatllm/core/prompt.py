@@ -6,14 +6,19 @@ code, title and close delimiter. Nothing but items follows the first item (see `
 optional collaborative item tokens of `item_codes` (empty for a model trained without them).
 
 Each title is tokenized alone, with no special tokens, and cached: a title has exactly the same tokens
-in a history, in a training target, and in the decoding trie.
+in a history, in a training target, and in the decoding trie (which tokenizes a whole catalog at once,
+`title_tokens_batch`, uncached).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Sequence
 
+import numpy as np
+
+TITLE_CACHE_SIZE = 100_000
 DEFAULT_INSTRUCTION = "A user interacted with these items in order. Predict the next item."
 
 
@@ -48,12 +53,35 @@ class PromptBuilder:
         tokens = self._title_cache.get(title)
         if tokens is None:
             tokens = tuple(self.tokenizer.encode(title, add_special_tokens=False))
-            if not tokens:
-                raise ValueError(f"title {title!r} has no tokens")
-            if not self._special_ids.isdisjoint(tokens):
-                raise ValueError(f"title {title!r} contains a special token (item delimiter or code)")
+            self._check(title, tokens)
+            if len(self._title_cache) >= TITLE_CACHE_SIZE:  # a service sees titles of a catalog without bound
+                self._title_cache.clear()
             self._title_cache[title] = tokens
         return tokens
+
+    def title_tokens_batch(self, titles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every title's tokens at once, as (tokens of all titles concatenated, tokens per title): a
+        million titles in seconds, and no Python object per token."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)  # a fast tokenizer: batch in Rust, no offsets
+        if backend is not None and hasattr(backend, "encode_batch_fast"):
+            encoded = [e.ids for e in backend.encode_batch_fast(list(titles), add_special_tokens=False)]
+        else:
+            encoded = self.tokenizer(list(titles), add_special_tokens=False)["input_ids"] if titles else []
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        tokens = np.fromiter(chain.from_iterable(encoded), np.int64, int(lengths.sum()))
+        bad = np.flatnonzero(lengths == 0)
+        if not len(bad):
+            special = np.isin(tokens, np.fromiter(self._special_ids, np.int64))
+            bad = np.unique(np.repeat(np.arange(len(titles)), lengths)[special])
+        if len(bad):
+            self._check(titles[bad[0]], encoded[bad[0]])
+        return tokens, lengths
+
+    def _check(self, title: str, tokens: Sequence[int]) -> None:
+        if not tokens:
+            raise ValueError(f"title {title!r} has no tokens")
+        if not self._special_ids.isdisjoint(tokens):
+            raise ValueError(f"title {title!r} contains a special token (item delimiter or code)")
 
     def item_tokens(self, title: str, code: Sequence[int] = ()) -> list[int]:
         return [self.item_open_id, *code, *self.title_tokens(title), self.item_close_id]

@@ -85,7 +85,7 @@ class TrieBeamSearch:
         self.model_steps += 1
         candidates = []
         for b, (beam, scored) in enumerate(zip(self.active, logprobs)):
-            children = self.view.trie.children[beam.node]
+            children = dict(self.view.allowed(beam.node))
             best = sorted(scored.items(), key=lambda t: (-t[1], t[0]))[: self.beam_width]
             candidates += [(beam.score + lp, b, tok, children[tok]) for tok, lp in best]
         candidates.sort(key=lambda c: (-c[0], c[2], c[1]))

@@ -1,11 +1,17 @@
 """Token trie over catalog titles: the set of sequences constrained decoding may produce.
 
 Each title is inserted as exactly the tokens it has inside an item of the prompt, followed by the item
-close delimiter; the node reached by the close token holds the item ids with that title.
+close delimiter; the node reached by the close token (a leaf) holds the item ids with that title.
 
 Duplicate titles: items sharing a title end at the same leaf and share its score. The leaf lists them
 by the catalog's tie order (training popularity, most popular first, then item id); a ranked list
 expands a title into its items in that order.
+
+Storage: flat arrays, not an object per node, so a catalog of a million titles (about 12 million nodes)
+fits in a few hundred MB and builds in seconds. Nodes are numbered depth-first with children in token
+order, so each node's items are one range of `item_order` (prefix sums over it give any subtree's total)
+and each node's children are one range of `children` (CSR). `PatchedTrie` lays the items added or
+changed since a trie was built over it, so a catalog change is visible without rebuilding the trie.
 
 A `TrieView` restricts a trie to the items one request may receive (allow-list, deny-list such as the
 user's history) without copying it: it counts, for each node, the live items below it, so a branch with
@@ -15,105 +21,296 @@ no live item is never offered to the decoder and no list comes back short becaus
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterable, Mapping, Sequence
+from itertools import chain
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from hatllm.core.arrays import ragged_positions
 
 ROOT = 0
+EDGE_CACHE_SIZE = 100_000  # nodes whose merged edges a patched trie keeps
+_EXACT_PREFIX_COLUMNS = 16  # tokens compared as one matrix when finding shared prefixes; longer ties go one by one
 
 
-class TitleTrie:
-    def __init__(self, item_tokens: Mapping[str, Sequence[int]], tie_order: Callable[[str], object] | None = None):
-        """`item_tokens`: item id -> its title's tokens followed by the close delimiter."""
-        self.children: list[dict[int, int]] = [{}]
-        self.items_at: dict[int, list[str]] = {}
-        self.item_count: list[int] = [0]
-        self.leaf_of: dict[str, int] = {}
-        self._parent: list[int] = [-1]
-        self.longest_path = 0  # tokens of the longest title path (close delimiter included)
-        for item_id, tokens in item_tokens.items():
-            self.longest_path = max(self.longest_path, len(tokens))
-            node = ROOT
-            self.item_count[ROOT] += 1
-            for tok in tokens:
-                child = self.children[node].get(tok)
-                if child is None:
-                    child = len(self.children)
-                    self.children[node][tok] = child
-                    self.children.append({})
-                    self.item_count.append(0)
-                    self._parent.append(node)
-                node = child
-                self.item_count[node] += 1
-            if self.children[node]:
-                raise ValueError(f"item {item_id}: its token path is a prefix of another title's path")
-            self.items_at.setdefault(node, []).append(item_id)
-            self.leaf_of[item_id] = node
-        key = tie_order or (lambda item: item)
-        for items in self.items_at.values():
-            items.sort(key=key)
-        self._index_subtrees()
-
-    def _index_subtrees(self) -> None:
-        """Number items in depth-first order, so that every node's items are one range
-        ``item_order[span_start[node]:span_end[node]]`` (prefix sums over it give any subtree's total)."""
-        self.item_order: list[str] = []
-        self.span_start = [0] * len(self.children)
-        self.span_end = [0] * len(self.children)
-        stack = [(ROOT, False)]
-        while stack:
-            node, done = stack.pop()
-            if done:
-                self.span_end[node] = len(self.item_order)
-                continue
-            self.span_start[node] = len(self.item_order)
-            self.item_order += self.items_at.get(node, [])
-            stack.append((node, True))
-            stack += [(child, False) for child in reversed(self.children[node].values())]
-
-    @classmethod
-    def from_catalog(cls, titles: Mapping[str, str], builder, popularity: Counter | None = None,
-                     codes: Mapping[str, Sequence[int]] | None = None) -> "TitleTrie":
-        """`codes`: every item's code (`ItemCodes.for_catalog`), for a model trained with item codes."""
-        close = builder.item_close_id
-        popularity = popularity or Counter()
-        codes = codes or {}
-        return cls(
-            {item: (*codes.get(item, ()), *builder.title_tokens(title), close) for item, title in titles.items()},
-            tie_order=lambda item: (-popularity[item], item),
-        )
+class _Navigation:
+    """What both tries derive from `edges`."""
 
     def node(self, tokens: Sequence[int]) -> int | None:
         """The node reached from the root by `tokens`; None when they leave the trie."""
         node = ROOT
         for tok in tokens:
-            node = self.children[node].get(tok)
+            node = dict(self.edges(node)).get(tok)
             if node is None:
                 return None
         return node
-
-    def path(self, item_id: str) -> list[int]:
-        """Nodes from the item's leaf up to the root (both included)."""
-        node, nodes = self.leaf_of[item_id], []
-        while node != -1:
-            nodes.append(node)
-            node = self._parent[node]
-        return nodes
 
     def view(self, allow: Iterable[str] | None = None, deny: Iterable[str] = ()) -> "TrieView":
         return TrieView(self, allow, deny)
 
 
+class TitleTrie(_Navigation):
+    def __init__(self, item_ids: Sequence[str], tokens: np.ndarray, lengths: np.ndarray,
+                 tie_rank: np.ndarray | None = None):
+        """Items `item_ids[i]` with token path ``tokens[offset_i : offset_i + lengths[i]]`` (its title's
+        tokens and the close delimiter, paths concatenated in item order). `tie_rank`: order among items
+        sharing a path (lower first); default the item order."""
+        n = len(item_ids)
+        lengths = np.asarray(lengths, np.int64)
+        tokens = np.asarray(tokens).astype(np.int32, copy=False)  # int32 throughout: a million titles, ~16M positions
+        if n and lengths.min() < 1:
+            raise ValueError("every item needs at least one token")
+        tie_rank = np.arange(n) if tie_rank is None else np.asarray(tie_rank)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+
+        # Sort the paths lexicographically (ties by rank): every prefix becomes one run of rows.
+        words = (tokens + 1).astype(">u4").tobytes()  # big-endian, so bytes order is token order
+        ranks = np.argsort(np.argsort(tie_rank, kind="stable"), kind="stable").astype(">u4").tobytes()
+        keys = [words[4 * offsets[i]: 4 * offsets[i + 1]] + b"\0\0\0\0" + ranks[4 * i: 4 * i + 4] for i in range(n)]
+        order = np.array(sorted(range(n), key=keys.__getitem__), np.int64)
+        del keys
+        lengths = lengths[order]
+        row_start = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+        paths = tokens[ragged_positions(offsets[:-1][order], lengths)]  # the sorted paths, concatenated
+        depth = (np.arange(len(paths)) - np.repeat(row_start, lengths)).astype(np.int32)
+
+        # A row's nodes below its shared prefix with the row before are new nodes; numbered in row
+        # order, they are numbered depth-first.
+        shared = _shared_prefix_lengths(paths, row_start, lengths)
+        is_new = depth >= np.repeat(shared, lengths)
+        node_at = np.zeros(len(paths), np.int32)  # the node each path position reaches
+        node_at[is_new] = np.arange(1, int(is_new.sum()) + 1)
+        rows = np.arange(n)
+        for d in range(int(lengths.max(initial=0))):  # a position that is not new repeats the row above's node
+            rows = rows[lengths[rows] > d]
+            at = row_start[rows] + d
+            node_at[at] = np.maximum.accumulate(node_at[at])
+        num_nodes = int(is_new.sum()) + 1
+        new = np.flatnonzero(is_new)
+        self.token = np.full(num_nodes, -1, np.int32)
+        self.token[1:] = paths[new]
+        self.parent = np.full(num_nodes, -1, np.int32)
+        self.parent[1:] = np.where(depth[new] > 0, node_at[new - 1], ROOT)
+        self.item_count = np.bincount(node_at, minlength=num_nodes).astype(np.int32)
+        self.item_count[ROOT] = n
+        self.span_start = np.zeros(num_nodes, np.int32)
+        self.span_start[1:] = np.repeat(np.arange(n), lengths)[new]  # the row that opens the node (its items follow)
+        self.child_start = np.concatenate([[0], np.cumsum(np.bincount(self.parent[1:], minlength=num_nodes))]).astype(np.int32)
+        self.children = (np.argsort(self.parent[1:], kind="stable") + 1).astype(np.int32)
+
+        self.item_order: list[str] = [item_ids[i] for i in order]
+        self.leaf_at = node_at[row_start + lengths - 1].astype(np.int32) if n else np.zeros(0, np.int32)
+        self.position = {item: pos for pos, item in enumerate(self.item_order)}
+        if len(self.position) != n:
+            raise ValueError("item ids must be unique")
+        self.longest_path = int(lengths.max(initial=0))  # tokens of the longest title path (close delimiter included)
+        inner = self.child_start[self.leaf_at + 1] > self.child_start[self.leaf_at]
+        if inner.any():
+            item = self.item_order[int(np.argmax(inner))]
+            raise ValueError(f"item {item}: its token path is a prefix of another title's path")
+
+    @classmethod
+    def from_title_tokens(cls, items: Sequence[str], title_tokens: np.ndarray, title_lengths: np.ndarray, close: int,
+                          codes: Mapping[str, Sequence[int]] | None = None, tie_rank: np.ndarray | None = None) -> "TitleTrie":
+        """Paths ``code + title + close`` from titles tokenized as a batch (`PromptBuilder.title_tokens_batch`).
+        `codes`: every item's code (`ModelCatalog.build`), for a model trained with item codes."""
+        n = len(items)
+        code_lengths = np.fromiter((len(codes[i]) for i in items), np.int64, n) if codes else np.zeros(n, np.int64)
+        lengths = code_lengths + title_lengths + 1
+        starts = np.concatenate([[0], np.cumsum(lengths)])[:-1]
+        tokens = np.empty(int(lengths.sum()), np.int64)
+        if codes:
+            tokens[ragged_positions(starts, code_lengths)] = np.fromiter(chain.from_iterable(codes[i] for i in items), np.int64,
+                                                                int(code_lengths.sum()))
+        tokens[ragged_positions(starts + code_lengths, title_lengths)] = title_tokens
+        tokens[starts + lengths - 1] = close
+        return cls(items, tokens, lengths, tie_rank)
+
+    @classmethod
+    def from_catalog(cls, titles: Mapping[str, str], builder, popularity: Mapping[str, float] | None = None,
+                     codes: Mapping[str, Sequence[int]] | None = None) -> "TitleTrie":
+        items = list(titles)
+        tokens, lengths = builder.title_tokens_batch([titles[i] for i in items])
+        return cls.from_title_tokens(items, tokens, lengths, builder.item_close_id, codes, popularity_rank(items, popularity))
+
+    # Structure
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.token)
+
+    def edges(self, node: int) -> list[tuple[int, int]]:
+        """(token, child) pairs of `node`, by token."""
+        kids = self.children[self.child_start[node]: self.child_start[node + 1]]
+        return list(zip(self.token[kids].tolist(), kids.tolist()))
+
+    def is_leaf(self, node: int) -> bool:
+        return node != ROOT and self.child_start[node] == self.child_start[node + 1]
+
+    def count(self, node: int) -> int:
+        return int(self.item_count[node])
+
+    def items(self, leaf: int) -> list[str]:
+        """The items at a leaf, in tie order."""
+        return self.item_order[self.span_start[leaf]: self.span_start[leaf] + self.item_count[leaf]]
+
+    def spans(self, node: int) -> list[tuple[int, int]]:
+        """The ranges of `item_order` that hold the node's items."""
+        start = int(self.span_start[node])
+        return [(start, start + int(self.item_count[node]))]
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.position
+
+    def leaf(self, item_id: str) -> int:
+        return int(self.leaf_at[self.position[item_id]])
+
+
+    def path(self, item_id: str) -> list[int]:
+        """Nodes from the item's leaf up to the root (both included)."""
+        node, nodes = self.leaf(item_id), []
+        while node != -1:
+            nodes.append(node)
+            node = int(self.parent[node])
+        return nodes
+
+    def tokens(self, item_id: str) -> list[int]:
+        """The item's token path (title tokens and close delimiter), read back from the trie."""
+        return [int(self.token[node]) for node in reversed(self.path(item_id)[:-1])]
+
+
+
+class PatchedTrie(_Navigation):
+    """A trie with items removed and added since it was built, without rebuilding it: `base` minus
+    `removed`, plus the items of `added` (a small trie of the added and retitled items). Node ids: the
+    base's own, and ``base.num_nodes + node`` for an added node whose prefix the base lacks. Items added
+    at a title the base already holds follow the base's items there, until the next full build. Same
+    interface as `TitleTrie`; the cost of building one is the size of the patch, not of the catalog."""
+
+    def __init__(self, base: TitleTrie, removed: Iterable[str], added: TitleTrie):
+        self.base, self.added = base, added
+        self.removed = {item for item in removed if item in base}
+        self._offset = base.num_nodes
+        self._removed_below: Counter = Counter(node for item in self.removed for node in base.path(item))
+        # Added nodes whose prefix the base also has, in both directions.
+        self._to_base: dict[int, int] = {ROOT: ROOT}
+        stack = [(ROOT, ROOT)]
+        while stack:
+            added_node, base_node = stack.pop()
+            base_children = dict(base.edges(base_node))
+            for tok, child in added.edges(added_node):
+                if tok in base_children:
+                    self._to_base[child] = base_children[tok]
+                    stack.append((child, base_children[tok]))
+        self._from_base = {b: a for a, b in self._to_base.items()}
+        self.item_order: list[str | None] = list(base.item_order) + added.item_order  # None: removed
+        for item in self.removed:
+            self.item_order[base.position[item]] = None
+        self.longest_path = max(base.longest_path, added.longest_path)
+        self._edges: dict[int, list[tuple[int, int]]] = {}
+
+    def _node(self, added_node: int) -> int:
+        base_node = self._to_base.get(added_node)
+        return base_node if base_node is not None else self._offset + added_node
+
+    def _added_node(self, node: int) -> int | None:
+        return node - self._offset if node >= self._offset else self._from_base.get(node)
+
+    def edges(self, node: int) -> list[tuple[int, int]]:
+        """(token, child) pairs of `node` that hold items, by token. Kept (the trie never changes): every
+        request asks again for the root's and the popular nodes' edges."""
+        edges = self._edges.get(node)
+        if edges is None:
+            merged = dict(self.base.edges(node)) if node < self._offset else {}
+            added_node = self._added_node(node)
+            if added_node is not None:
+                merged |= {tok: self._node(child) for tok, child in self.added.edges(added_node)}
+            edges = [(tok, child) for tok, child in sorted(merged.items()) if self.count(child) > 0]
+            if len(self._edges) >= EDGE_CACHE_SIZE:
+                self._edges.clear()
+            self._edges[node] = edges
+        return edges
+
+    def is_leaf(self, node: int) -> bool:
+        return self.base.is_leaf(node) if node < self._offset else self.added.is_leaf(node - self._offset)
+
+    def count(self, node: int) -> int:
+        total = self.base.count(node) - self._removed_below[node] if node < self._offset else 0
+        added_node = self._added_node(node)
+        return total + (self.added.count(added_node) if added_node is not None else 0)
+
+    def items(self, leaf: int) -> list[str]:
+        items = [i for i in self.base.items(leaf) if i not in self.removed] if leaf < self._offset else []
+        added_leaf = self._added_node(leaf)
+        return items + (self.added.items(added_leaf) if added_leaf is not None else [])
+
+    def spans(self, node: int) -> list[tuple[int, int]]:
+        spans = self.base.spans(node) if node < self._offset else []
+        added_node = self._added_node(node)
+        if added_node is not None:
+            spans += [(start + len(self.base.item_order), end + len(self.base.item_order))
+                      for start, end in self.added.spans(added_node)]
+        return spans
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.added or (item_id in self.base and item_id not in self.removed)
+
+    def leaf(self, item_id: str) -> int:
+        return self._node(self.added.leaf(item_id)) if item_id in self.added else self.base.leaf(item_id)
+
+    def path(self, item_id: str) -> list[int]:
+        if item_id in self.added:
+            return [self._node(node) for node in self.added.path(item_id)]
+        return self.base.path(item_id)
+
+    def tokens(self, item_id: str) -> list[int]:
+        return (self.added if item_id in self.added else self.base).tokens(item_id)
+
+
+
+def popularity_rank(items: Sequence[str], popularity: Mapping[str, float] | None) -> np.ndarray:
+    """Each item's place in the tie order: most popular first, then by item id."""
+    popularity = popularity or {}
+    ranked = sorted(range(len(items)), key=lambda i: (-popularity.get(items[i], 0), items[i]))
+    rank = np.empty(len(items), np.int64)
+    rank[ranked] = np.arange(len(items))
+    return rank
+
+
+def _shared_prefix_lengths(paths: np.ndarray, row_start: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """For each row of the sorted paths, the length of its common prefix with the row before (0 for the first)."""
+    n = len(lengths)
+    shared = np.zeros(n, np.int64)
+    if n < 2:
+        return shared
+    width = min(_EXACT_PREFIX_COLUMNS, int(lengths.max()))
+    columns = np.arange(width)
+    matrix = np.where(columns < lengths[:, None], paths[np.minimum(row_start[:, None] + columns, len(paths) - 1)], -1)
+    common = np.minimum(lengths[1:], lengths[:-1])
+    differs = matrix[1:] != matrix[:-1]
+    first_difference = np.where(differs.any(1), differs.argmax(1), width)
+    shared[1:] = np.minimum(first_difference, common)
+    for row in np.flatnonzero((shared[1:] == width) & (common > width)) + 1:  # rare: compare past the matrix
+        a = paths[row_start[row - 1]: row_start[row - 1] + lengths[row - 1]]
+        b = paths[row_start[row]: row_start[row] + lengths[row]]
+        m = int(min(len(a), len(b)))
+        mismatch = np.flatnonzero(a[:m] != b[:m])
+        shared[row] = mismatch[0] if len(mismatch) else m
+    return shared
+
+
 class TrieView:
     """The trie restricted to allowed items: live item counts per node, as an overlay."""
 
-    def __init__(self, trie: TitleTrie, allow: Iterable[str] | None, deny: Iterable[str]):
+    def __init__(self, trie, allow: Iterable[str] | None, deny: Iterable[str]):
         self.trie = trie
-        deny = set(deny) & trie.leaf_of.keys()
+        deny = {item for item in deny if item in trie}
         if allow is None:  # everything but the denied items: subtract them from the trie's counts
-            self._base, sign, changed = trie.item_count, -1, deny
+            self._counted, sign, changed = True, -1, deny
             self.is_live = lambda item: item not in deny
         else:  # only the allowed items: count them from zero
-            live = (set(allow) & trie.leaf_of.keys()) - deny
-            self._base, sign, changed = None, 1, live
+            live = {item for item in allow if item in trie} - deny
+            self._counted, sign, changed = False, 1, live
             self.is_live = live.__contains__
         self._allowed: dict[int, list[tuple[int, int]]] = {}
         self._delta: Counter = Counter()
@@ -122,21 +319,19 @@ class TrieView:
                 self._delta[node] += sign
 
     def live_count(self, node: int) -> int:
-        base = self._base[node] if self._base is not None else 0
-        return base + self._delta[node]
+        return (self.trie.count(node) if self._counted else 0) + self._delta[node]
 
     def allowed(self, node: int) -> list[tuple[int, int]]:
         """(token, child) pairs that lead to at least one live item (kept: a view never changes, and the
         search asks again for the tokens, the fusion bias and forced chains)."""
         pairs = self._allowed.get(node)
         if pairs is None:
-            pairs = self._allowed[node] = [(tok, child) for tok, child in self.trie.children[node].items()
-                                           if self.live_count(child) > 0]
+            pairs = self._allowed[node] = [(tok, child) for tok, child in self.trie.edges(node) if self.live_count(child) > 0]
         return pairs
 
     def items(self, leaf: int) -> list[str]:
         """Live items at a leaf, in tie order."""
-        return [i for i in self.trie.items_at.get(leaf, []) if self.is_live(i)]
+        return [i for i in self.trie.items(leaf) if self.is_live(i)]
 
     def is_leaf(self, node: int) -> bool:
-        return node in self.trie.items_at
+        return self.trie.is_leaf(node)

@@ -1,0 +1,124 @@
+"""The flat-array trie against a plain dict-of-dicts trie, on random catalogs with shared prefixes."""
+
+import random
+
+import numpy as np
+import pytest
+
+from hatllm.core.trie import ROOT, PatchedTrie, TitleTrie
+
+CLOSE = 99
+
+
+def random_paths(rng: random.Random, n: int) -> dict[str, list[int]]:
+    stems = [[rng.randrange(5) for _ in range(rng.randrange(1, 30))] for _ in range(8)]  # long shared prefixes
+    paths = {}
+    for i in range(n):
+        stem = rng.choice(stems)[: rng.randrange(0, 30)]
+        paths[f"i{i}"] = stem + [rng.randrange(5) for _ in range(rng.randrange(1, 4))] + [CLOSE]
+    paths["dup"] = list(paths["i0"])  # a duplicate title
+    return paths
+
+
+def build(paths: dict[str, list[int]], rank: dict[str, int] | None = None) -> TitleTrie:
+    items = list(paths)
+    lengths = np.array([len(paths[i]) for i in items])
+    tokens = np.array([t for i in items for t in paths[i]])
+    return TitleTrie(items, tokens, lengths, np.array([rank[i] for i in items]) if rank else None)
+
+
+def reference_trie(paths):
+    root: dict = {}
+    for item, path in paths.items():
+        node = root
+        for tok in path:
+            node = node.setdefault(tok, {})
+        node.setdefault(None, []).append(item)
+    return root
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_flat_trie_matches_a_dict_trie(seed):
+    rng = random.Random(seed)
+    paths = random_paths(rng, 300)
+    rank = {item: rng.randrange(1000) for item in paths}
+    trie = build(paths, rank)
+    expected = reference_trie(paths)
+
+    def walk(node, ref, depth):
+        edges = trie.edges(node)
+        assert [tok for tok, _ in edges] == sorted(t for t in ref if t is not None)
+        items = []
+        for tok, child in edges:
+            items += walk(child, ref[tok], depth + 1)
+        if None in ref:
+            assert trie.is_leaf(node) and not edges
+            leaf_items = trie.items(node)
+            assert leaf_items == sorted(ref[None], key=lambda i: (rank[i], list(paths).index(i)))
+            items += leaf_items
+        assert trie.count(node) == len(items)
+        assert [trie.item_order[p] for start, end in trie.spans(node) for p in range(start, end)] == items
+        return items
+
+    assert sorted(walk(ROOT, expected, 0)) == sorted(paths)
+    for item, path in paths.items():
+        assert trie.tokens(item) == path and trie.node(path) == trie.leaf(item)
+        assert len(trie.path(item)) == len(path) + 1
+    assert trie.longest_path == max(map(len, paths.values()))
+
+
+def test_a_path_that_is_a_prefix_of_another_is_refused():
+    with pytest.raises(ValueError, match="prefix"):
+        build({"a": [1, 2], "b": [1, 2, 3]})
+
+
+def test_empty_trie():
+    trie = build({})
+    assert trie.count(ROOT) == 0 and trie.edges(ROOT) == [] and trie.view().live_count(ROOT) == 0
+
+
+def check_same_catalog(trie, paths: dict[str, list[int]]):
+    """`trie` holds exactly the items of `paths` (items at a title compared as sets)."""
+    expected = reference_trie(paths)
+
+    def walk(node, ref):
+        edges = trie.edges(node)
+        assert [tok for tok, _ in edges] == sorted(t for t in ref if t is not None)
+        items = []
+        for tok, child in edges:
+            items += walk(child, ref[tok])
+        if None in ref:
+            assert trie.is_leaf(node) and sorted(trie.items(node)) == sorted(ref[None])
+            items += trie.items(node)
+        assert trie.count(node) == len(items)
+        in_spans = [trie.item_order[p] for start, end in trie.spans(node) for p in range(start, end)]
+        assert sorted(i for i in in_spans if i is not None) == sorted(items)  # None: removed
+        return items
+
+    walk(ROOT, expected)
+    for item, path in paths.items():
+        assert item in trie and trie.tokens(item) == path and trie.node(path) == trie.leaf(item)
+        assert trie.path(item)[0] == trie.leaf(item) and trie.path(item)[-1] == ROOT and len(trie.path(item)) == len(path) + 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_patched_trie_equals_the_patched_catalog(seed):
+    rng = random.Random(seed)
+    paths = random_paths(rng, 200)
+    base = build(paths)
+    changed = rng.sample(sorted(paths), 40)
+    final = dict(paths)
+    for item in changed[:15]:  # removed
+        del final[item]
+    for item in changed[15:30]:  # retitled, some to a title the base already has
+        final[item] = list(paths[rng.choice(sorted(paths))]) if rng.random() < 0.3 else random_paths(rng, 1)["i0"]
+    for k in range(10):  # new
+        final[f"new{k}"] = random_paths(rng, 1)["i0"]
+    added = {item: final[item] for item in final if item not in paths or final[item] != paths[item]}
+    removed = [item for item in paths if item not in final or final[item] != paths[item]]
+    patched = PatchedTrie(base, removed, build(added))
+    check_same_catalog(patched, final)
+    assert all(item not in patched for item in changed[:15])
+    view = patched.view(deny=changed[15:20] + changed[:3])  # removed items in a deny-list change nothing
+    assert view.live_count(ROOT) == len(final) - 5
+    assert sum(len(view.items(patched.leaf(i))) for i in {i: 0 for i in final}) >= len(final) - 5
