@@ -15,7 +15,8 @@ length distribution, words from their word frequencies. Per size, on 127.0.0.1 o
               PUT /admin/catalog/items (the writing replica answers once its snapshot has the change;
               other replicas within HATREC_CATALOG_POLL_S), /recommend p50/p99 at concurrency 1 and 8
               (ml-latest-small users, k=10, seen excluded), engine scoring rounds per recommendation
-              (warm-up included), the service's RSS (engine included)
+              (warm-up included), the mean time of each stage of a recommendation (redis, prompt =
+              prompt and trie view, decode), the service's RSS (engine included)
 Everything stops by itself. Run it on an otherwise idle machine.
 """
 
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from itertools import accumulate
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,9 +63,9 @@ def title_model(seed: int = 0):
         for title in titles:
             lengths.append(len(title.split()))
             words.update(title.split())
-    vocabulary, weights = list(words), list(words.values())
+    vocabulary, cumulative = list(words), list(accumulate(words.values()))
     rng = random.Random(seed)
-    return lambda: " ".join(rng.choices(vocabulary, weights, k=rng.choice(lengths)))
+    return lambda: " ".join(rng.choices(vocabulary, cum_weights=cumulative, k=rng.choice(lengths)))
 
 
 def synthetic_dataset(size: int, folder: Path) -> Path:
@@ -187,9 +189,11 @@ def service_figures(workdir: Path, redis_url: str, requests: int) -> dict:
         for concurrency in (1, 8):
             figures[f"c{concurrency}"] = asyncio.run(latencies(url, users, concurrency, requests * concurrency))
         metrics = {line.split()[0]: float(line.split()[1]) for line in httpx.get(f"{url}/metrics").text.splitlines()
-                   if line.startswith("hatrec_recommend_engine_steps_")}
-        figures["engine_steps_mean"] = round(metrics["hatrec_recommend_engine_steps_sum"]
-                                             / metrics["hatrec_recommend_engine_steps_count"], 2)
+                   if line.startswith(("hatrec_recommend_engine_steps_", "hatrec_recommend_stage_duration_seconds_"))}
+        mean = lambda name, labels="": metrics[f"{name}_sum{labels}"] / metrics[f"{name}_count{labels}"]  # noqa: E731
+        figures["engine_steps_mean"] = round(mean("hatrec_recommend_engine_steps"), 2)
+        for stage in ("redis", "prompt", "decode"):  # the catalog's share: "prompt" (prompt and trie view)
+            figures[f"{stage}_ms_mean"] = round(1000 * mean("hatrec_recommend_stage_duration_seconds", f'{{stage="{stage}"}}'), 2)
         figures["service_rss_mib"] = round(rss_mib(process.pid), 1)
     return figures
 
@@ -222,14 +226,14 @@ def report(results: list[dict], out: Path) -> None:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    rows = ["| items | loader s | snapshot build s | snapshot RSS MiB | visible: add 1 / retitle 1 / remove 1 / add 1,000 s "
-            "| PUT answer: 1 / 1,000 s | p50 / p99 ms c=1 | p50 / p99 ms c=8 | engine steps | service RSS MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| items | loader s | service start to ready s | snapshot build s | snapshot RSS MiB | visible: add 1 / retitle 1 / remove 1 / add 1,000 s "
+            "| PUT answer: 1 / 1,000 s | p50 / p99 ms c=1 | p50 / p99 ms c=8 | engine steps | prompt + view ms | service RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r['size']:,} | {r['loader_s']} | {r['build_s']} | {r['snapshot_rss_mib']} | "
+        rows.append(f"| {r['size']:,} | {r['loader_s']} | {r['start_to_ready_s']} | {r['build_s']} | {r['snapshot_rss_mib']} | "
                     f"{r['visible_add_1_s']} / {r['visible_retitle_1_s']} / {r['visible_remove_1_s']} / {r['visible_add_1000_s']} | "
                     f"{r['put_1_answer_s']} / {r['put_1000_answer_s']} | {r['c1']['p50_ms']} / {r['c1']['p99_ms']} | "
-                    f"{r['c8']['p50_ms']} / {r['c8']['p99_ms']} | {r['engine_steps_mean']} | {r['service_rss_mib']} |")
+                    f"{r['c8']['p50_ms']} / {r['c8']['p99_ms']} | {r['engine_steps_mean']} | {r['prompt_ms_mean']} | {r['service_rss_mib']} |")
     out.with_suffix(".md").write_text("\n".join(rows) + "\n")
     sizes = [r["size"] for r in results]
     panels = [("snapshot build (s)", {"full build": "build_s", "loader": "loader_s"}),

@@ -15,6 +15,7 @@ Builds run in a worker thread: tokenizing titles and building tries never block 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 from dataclasses import dataclass
 
@@ -60,6 +61,17 @@ class CatalogSnapshot:
         return (item for item in self.popular if item in self.titles)
 
 
+def build_snapshot(*args) -> CatalogSnapshot:
+    """`CatalogSnapshot.build` in a worker thread, then the heap pages its temporaries used handed back to
+    the OS: glibc keeps freed memory resident otherwise (about 1.5 GB after a million-item build)."""
+    snapshot = CatalogSnapshot.build(*args)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
+    return snapshot
+
+
 class CatalogCache:
     def __init__(self, store: Store, builder: PromptBuilder, item_codes: ItemCodes | None = None,
                  rebuild_after: int = REBUILD_AFTER):
@@ -90,13 +102,13 @@ class CatalogCache:
     async def _read_whole(self) -> CatalogSnapshot:
         version, titles = await self.store.catalog()
         popularity = await self.store.popularity()
-        return await asyncio.to_thread(CatalogSnapshot.build, version, titles, popularity, self.builder, self.item_codes)
+        return await asyncio.to_thread(build_snapshot, version, titles, popularity, self.builder, self.item_codes)
 
     async def _rebuild_from(self, snapshot: CatalogSnapshot) -> None:
         """A full build of `snapshot`'s catalog, with the changes made since laid over it."""
         try:
             popularity = await self.store.popularity()
-            rebuilt = await asyncio.to_thread(CatalogSnapshot.build, snapshot.version, dict(snapshot.titles), popularity,
+            rebuilt = await asyncio.to_thread(build_snapshot, snapshot.version, dict(snapshot.titles), popularity,
                                               self.builder, self.item_codes)
             async with self._lock:
                 current = self.current

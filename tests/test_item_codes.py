@@ -69,9 +69,11 @@ def nearest_code_by_loops(codes: ItemCodes, titles: dict[str, str], title_tokens
     return resolved
 
 
-@pytest.mark.parametrize("seed,per_token", [(0, CANDIDATES_PER_TOKEN), (1, CANDIDATES_PER_TOKEN), (2, 2)])
-def test_nearest_code_matches_the_rule_written_as_loops(seed, per_token, monkeypatch):
+@pytest.mark.parametrize("seed,per_token,table", [(0, CANDIDATES_PER_TOKEN, True), (1, CANDIDATES_PER_TOKEN, False),
+                                                  (2, 2, True), (3, 1000, False)])
+def test_nearest_code_matches_the_rule_written_as_loops(seed, per_token, table, monkeypatch):
     monkeypatch.setattr(item_codes, "CANDIDATES_PER_TOKEN", per_token)
+    monkeypatch.setattr(item_codes, "DENSE_MEMBERSHIP_CELLS", 1 << 27 if table else 0)  # membership: table or sorted keys
     tokenizer, builder, codes = coded_setup()
     rng = random.Random(seed)
     words = " ".join(TITLES.values()).split() + ["Zzyzx", "Qq"]

@@ -23,8 +23,9 @@ from hatllm.core.arrays import ragged_positions
 
 CODES_FILE = "item_codes.json"
 RARE_TOKENS = 3  # a new item's title tokens whose coded items are candidates for its code
-CANDIDATES_PER_TOKEN = 32
+CANDIDATES_PER_TOKEN = 8  # donors per rare token: a rare token has few; a common one would cost without telling much
 NEW_ITEMS_PER_CHUNK = 2048  # bounds the candidate arrays in memory
+DENSE_MEMBERSHIP_CELLS = 1 << 27  # donors x title vocabulary up to which membership is a table (128 MB)
 CODE_TOKEN = "<|code_{}|>"
 
 Code = tuple[int, ...]
@@ -67,7 +68,18 @@ class NearestCode:
         by_token = np.lexsort((owner, word_ids))
         self.token_donors = owner[by_token]  # donors holding each token, by token then donor order (CSR)
         self.vocabulary, self.first, self.frequency = np.unique(word_ids[by_token], return_index=True, return_counts=True)
-        self.donor_words = np.sort(owner * len(self.vocabulary) + np.searchsorted(self.vocabulary, word_ids))
+        word = np.searchsorted(self.vocabulary, word_ids)
+        if len(donors) * len(self.vocabulary) <= DENSE_MEMBERSHIP_CELLS:  # which donor holds which word: a table
+            self._holds = np.zeros((len(donors), len(self.vocabulary)), bool)
+            self._holds[owner, word] = True
+        else:  # or sorted (donor, word) keys, for a catalog of many trained items
+            self._holds = np.sort(owner * len(self.vocabulary) + word)
+
+    def _donor_holds(self, donor: np.ndarray, word: np.ndarray) -> np.ndarray:
+        if self._holds.ndim == 2:
+            return self._holds[donor, word]
+        keys = donor * len(self.vocabulary) + word
+        return self._holds[np.minimum(np.searchsorted(self._holds, keys), len(self._holds) - 1)] == keys
 
     def assign(self, items: Sequence[str], tokens: np.ndarray, lengths: np.ndarray) -> dict[str, Code]:
         """`items` with their titles' tokens as a batch -> each one's code."""
@@ -94,13 +106,15 @@ class NearestCode:
             # |title ∩ candidate|: the item's known tokens looked up in the candidate's set.
             item_start = np.searchsorted(o, candidate_item)
             item_words = np.searchsorted(o, candidate_item, side="right") - item_start
-            keys = np.repeat(candidate, item_words) * len(self.vocabulary) + w[ragged_positions(item_start, item_words)]
-            found = self.donor_words[np.minimum(np.searchsorted(self.donor_words, keys), len(self.donor_words) - 1)] == keys
+            found = self._donor_holds(np.repeat(candidate, item_words), w[ragged_positions(item_start, item_words)])
             shared = np.add.reduceat(found, np.r_[0, np.cumsum(item_words)[:-1]])
             jaccard = shared / (size[candidate_item] + self.size[candidate] - shared)
-            best = np.lexsort((candidate, -jaccard, candidate_item))
-            best = best[np.r_[True, candidate_item[best][1:] != candidate_item[best][:-1]]]
-            for item, donor in zip(candidate_item[best].tolist(), candidate[best].tolist()):
+            # Per item (candidates are grouped by item): the best Jaccard, then the earliest donor with it.
+            groups = np.flatnonzero(np.r_[True, candidate_item[1:] != candidate_item[:-1]])
+            counts = np.diff(np.r_[groups, len(candidate_item)])
+            top = jaccard == np.repeat(np.maximum.reduceat(jaccard, groups), counts)
+            best = np.minimum.reduceat(np.where(top, candidate, len(self.codes)), groups)
+            for item, donor in zip(candidate_item[groups].tolist(), best.tolist()):
                 resolved[items[item]] = self.codes[donor]
         return resolved
 
@@ -108,7 +122,8 @@ class NearestCode:
 def distinct_tokens(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(row, token) pairs of each row's distinct tokens, by row then token."""
     width = int(tokens.max(initial=0)) + 1
-    pairs = np.unique(np.repeat(np.arange(len(lengths)), lengths) * width + tokens)
+    pairs = np.sort(np.repeat(np.arange(len(lengths)), lengths) * width + tokens)  # a sort: np.unique hashes, slower here
+    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
     return pairs // width, pairs % width
 
 

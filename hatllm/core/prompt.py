@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 TITLE_CACHE_SIZE = 100_000
+BATCH_CHUNK = 50_000  # titles tokenized per call of a batch
 DEFAULT_INSTRUCTION = "A user interacted with these items in order. Predict the next item."
 
 
@@ -61,20 +62,25 @@ class PromptBuilder:
 
     def title_tokens_batch(self, titles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every title's tokens at once, as (tokens of all titles concatenated, tokens per title): a
-        million titles in seconds, and no Python object per token."""
+        million titles in seconds, in chunks, so no Python object per token outlives its chunk."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)  # a fast tokenizer: batch in Rust, no offsets
-        if backend is not None and hasattr(backend, "encode_batch_fast"):
-            encoded = [e.ids for e in backend.encode_batch_fast(list(titles), add_special_tokens=False)]
-        else:
-            encoded = self.tokenizer(list(titles), add_special_tokens=False)["input_ids"] if titles else []
-        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
-        tokens = np.fromiter(chain.from_iterable(encoded), np.int64, int(lengths.sum()))
+        parts, lengths = [], []
+        for start in range(0, len(titles), BATCH_CHUNK):
+            chunk = list(titles[start:start + BATCH_CHUNK])
+            if backend is not None and hasattr(backend, "encode_batch_fast"):
+                encoded = [e.ids for e in backend.encode_batch_fast(chunk, add_special_tokens=False)]
+            else:
+                encoded = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            lengths.append(np.fromiter(map(len, encoded), np.int64, len(encoded)))
+            parts.append(np.fromiter(chain.from_iterable(encoded), np.int32, int(lengths[-1].sum())))
+        tokens = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
         bad = np.flatnonzero(lengths == 0)
         if not len(bad):
             special = np.isin(tokens, np.fromiter(self._special_ids, np.int64))
             bad = np.unique(np.repeat(np.arange(len(titles)), lengths)[special])
         if len(bad):
-            self._check(titles[bad[0]], encoded[bad[0]])
+            self._check(titles[bad[0]], self.tokenizer.encode(titles[bad[0]], add_special_tokens=False))
         return tokens, lengths
 
     def _check(self, title: str, tokens: Sequence[int]) -> None:
