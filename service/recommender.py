@@ -1,8 +1,9 @@
 """One recommendation: request -> history -> prompt -> engine -> items -> response.
 
-Admission: at most `max_in_flight` recommendations are decoded at once (the engine batches them);
-one more is refused at once with 429 rather than queued without bound, and one that runs past
-`request_timeout_s` is abandoned (its engine requests aborted) with 503.
+Admission: at most `max_in_flight` recommendations are under way at once (the engine batches their
+decoding); one more is refused at once with 429, before it costs a Redis call, rather than queued
+without bound, and one that runs past `request_timeout_s` is abandoned (its engine requests aborted)
+with 503.
 """
 
 from __future__ import annotations
@@ -45,6 +46,26 @@ class Recommender:
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         if req.k > self.settings.max_k:
             raise ServiceError(422, "k_too_large", f"k must be at most {self.settings.max_k}")
+        with self._admitted():
+            return await self._recommend(req)
+
+    @contextmanager
+    def _admitted(self):
+        """Refuse at once (429), before any Redis call or catalog work, when `max_in_flight` recommendations
+        are under way: under overload a refusal must cost next to nothing, or refusing slows the admitted."""
+        if self.in_flight >= self.settings.max_in_flight:
+            metrics.SHED.labels("queue_full").inc()
+            raise ServiceError(429, "overloaded", "too many recommendations in progress",
+                               retry_after=self.settings.retry_after_s)
+        self.in_flight += 1
+        metrics.QUEUE_DEPTH.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            metrics.QUEUE_DEPTH.set(self.in_flight)
+
+    async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
         snapshot = self.catalog.current
         if snapshot is None:
             raise catalog_unavailable(self.settings.retry_after_s)
@@ -100,12 +121,6 @@ class Recommender:
                                  strategy=strategy, exhausted=len(items) < req.k, pipeline=pipeline)
 
     async def _decode(self, prompt: list[int], view, k: int, prior: ItemPrior | None):
-        if self.in_flight >= self.settings.max_in_flight:
-            metrics.SHED.labels("queue_full").inc()
-            raise ServiceError(429, "overloaded", "too many recommendations in progress",
-                               retry_after=self.settings.retry_after_s)
-        self.in_flight += 1
-        metrics.QUEUE_DEPTH.set(self.in_flight)
         try:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 return await self.engine.search(prompt, view, k, max(self.settings.beam_width or k, k), prior)
@@ -118,6 +133,3 @@ class Recommender:
                 raise ServiceError(503, "engine_unavailable", "the model engine failed",
                                    retry_after=self.settings.retry_after_s) from exc
             raise
-        finally:
-            self.in_flight -= 1
-            metrics.QUEUE_DEPTH.set(self.in_flight)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import redis
 import uvicorn
+from prometheus_client import REGISTRY
 
 from hatllm.core.catalog import ModelCatalog
 from hatllm.core.fusion import ItemPrior
@@ -362,14 +363,16 @@ def test_overload_is_shed_with_429(client, services):
     with_settings(services, max_in_flight=2)
     services.recommender.in_flight = 2  # two recommendations decoding: the queue is full
     try:
+        history_reads = REGISTRY.get_sample_value("hatrec_recommend_stage_duration_seconds_count", {"stage": "redis"})
         shed = recommend(client, user_id="alice", k=5)
-        cold = recommend(client, user_id="stranger", k=2)  # needs no decoding: still answered
+        cold = recommend(client, user_id="stranger", k=2)  # refused as well: deciding it is cold costs a read
+        assert REGISTRY.get_sample_value("hatrec_recommend_stage_duration_seconds_count", {"stage": "redis"}) == history_reads
     finally:
         services.recommender.in_flight = 0
     assert shed.status_code == 429 and shed.json()["error"]["code"] == "overloaded"
-    assert shed.headers["Retry-After"] == "1"
-    assert cold.status_code == 200
+    assert shed.headers["Retry-After"] == "1" and cold.status_code == 429
     assert recommend(client, user_id="alice", k=5).status_code == 200  # capacity is back
+    assert recommend(client, user_id="stranger", k=2).status_code == 200
 
 
 def test_slow_decoding_times_out_with_503(client, services):
