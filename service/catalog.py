@@ -87,7 +87,9 @@ class CatalogCache:
             version = await self.store.catalog_version()
             if current is not None and current.version == version:
                 return current
-            changes = await self.store.catalog_changes(current.version) if current is not None else None
+            # A version that went back (Redis restored from an older copy) is a different catalog: read it whole.
+            behind = current is not None and version > current.version
+            changes = await self.store.catalog_changes(current.version) if behind else None
             if changes is None or len(changes[1]) > self.rebuild_after:
                 snapshot = await self._read_whole()
             else:

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
 
     # Protection
     max_in_flight: int | None = Field(
-        None, ge=1, description=f"recommendations being decoded at once; more get 429 (default: {IN_FLIGHT_PER_CORE} "
+        None, ge=1, description=f"recommendations under way at once; more get 429 (default: {IN_FLIGHT_PER_CORE} "
                                 "per CPU core this process may use, the concurrency 2 cores sustain with the small "
                                 "model, docs/operations.md)")
     request_timeout_s: float = Field(10.0, gt=0, description="a recommendation taking longer gets 503")
