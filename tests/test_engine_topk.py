@@ -129,17 +129,23 @@ def test_beam_request_reuses_the_prompts_partial_block(engine_search, hat_checkp
     assert run(generate(other + beam, "tail-mismatch")).num_cached_tokens == aligned
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_coded_catalog_on_the_engine_equals_reference(engine_search, hat_checkpoint, fused):
+@pytest.mark.parametrize("fused,patched", [(False, False), (True, False), (False, True), (True, True)])
+def test_coded_catalog_on_the_engine_equals_reference(engine_search, hat_checkpoint, fused, patched):
     """The recipe's prompts and trie: codes first, titles forced after them; an item added after training
-    shares a code, so its branch needs title steps too; with the checkpoint's SASRec prior fused in (sent
+    shares a code, so its branch needs title steps too; built in full, or as the service patches a
+    catalog change (a new item, a retitled one); with the checkpoint's SASRec prior fused in (sent
     to the engine as logit_bias) or not. Same items and scores as the reference search."""
     from hatllm.core.catalog import ModelCatalog
     from hatllm.core.fusion import ItemPrior
     from hatllm.sasrec import load_fusion
 
     run, topk = engine_search
-    catalog = ModelCatalog.for_checkpoint(hat_checkpoint, dict(TITLES, new="Toy Story 3 (2010)"), Counter({"5": 3}))
+    changes = {"new": "Toy Story 3 (2010)", "3": TITLES["3"] + " Redux"}
+    if patched:
+        catalog = ModelCatalog.for_checkpoint(hat_checkpoint, TITLES, Counter({"5": 3})).with_changes(changes)
+        assert catalog.base is not None
+    else:
+        catalog = ModelCatalog.for_checkpoint(hat_checkpoint, TITLES | changes, Counter({"5": 3}))
     assert sum(code == catalog.codes["new"] for code in catalog.codes.values()) == 2
     sasrec, weight = load_fusion(hat_checkpoint)
     cases = []

@@ -1,10 +1,12 @@
 """The flat-array trie against a plain dict-of-dicts trie, on random catalogs with shared prefixes."""
 
+import math
 import random
 
 import numpy as np
 import pytest
 
+from hatllm.core.fusion import ItemPrior
 from hatllm.core.trie import ROOT, PatchedTrie, TitleTrie
 
 CLOSE = 99
@@ -122,3 +124,28 @@ def test_patched_trie_equals_the_patched_catalog(seed):
     view = patched.view(deny=changed[15:20] + changed[:3])  # removed items in a deny-list change nothing
     assert view.live_count(ROOT) == len(final) - 5
     assert sum(len(view.items(patched.leaf(i))) for i in {i: 0 for i in final}) >= len(final) - 5
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fusion_masses_are_the_live_items_prior_mass(seed):
+    """`ItemPrior.log_mass` of every node = log of the summed prior of the live items below it, on a
+    patched trie, with a deny-list and with an allow-list."""
+    rng = random.Random(seed)
+    paths = random_paths(rng, 150)
+    changed = rng.sample(sorted(paths), 20)
+    final = {item: path for item, path in paths.items() if item not in changed[:8]}
+    final |= {item: random_paths(rng, 1)["i0"] for item in changed[8:]} | {"new": random_paths(rng, 1)["i0"]}
+    added = {item: final[item] for item in final if item not in paths or final[item] != paths[item]}
+    trie = PatchedTrie(build(paths), [i for i in paths if i not in final or final[i] != paths[i]], build(added))
+    log_probs = {item: -rng.uniform(0, 8) for item in rng.sample(sorted(final), 100)} | {changed[0]: 0.0}  # a removed one too
+    for view in (trie.view(deny=rng.sample(sorted(final), 30)), trie.view(allow=rng.sample(sorted(final), 40))):
+        prior = ItemPrior(view, log_probs, 1.0)
+        floor, top = min(log_probs.values()), max(log_probs.values())
+
+        def below(node):
+            items = [i for i in trie.items(node) if view.is_live(i)] if trie.is_leaf(node) else []
+            return items + [i for _, child in trie.edges(node) for i in below(child)]
+
+        for node in {n for item in final for n in trie.path(item)}:
+            expected = sum(math.exp(log_probs.get(i, floor) - top) for i in below(node))
+            assert prior.log_mass(node) == (pytest.approx(math.log(expected)) if expected else -math.inf)

@@ -15,8 +15,9 @@ equal. Items the prior does not know (added after it was trained) get its lowest
 from __future__ import annotations
 
 import math
-from itertools import accumulate
 from typing import Mapping
+
+import numpy as np
 
 from hatllm.core.trie import TrieView
 
@@ -27,14 +28,17 @@ class ItemPrior:
     def __init__(self, view: TrieView, log_probs: Mapping[str, float], weight: float):
         trie = view.trie
         self.trie, self.view, self.weight = trie, view, weight
-        floor = min(log_probs.values(), default=0.0)
-        top = max(log_probs.values(), default=0.0)  # shift before exp: masses stay representable
-        masses = [math.exp(log_probs.get(item, floor) - top) if item is not None and view.is_live(item) else 0.0
-                  for item in trie.item_order]  # None: an item removed from a patched trie
-        self._cumulative = [0.0, *accumulate(masses)]
+        items = list(log_probs)
+        values = np.fromiter(log_probs.values(), float, len(items))
+        floor, top = (values.min(), values.max()) if len(items) else (0.0, 0.0)  # shift before exp: representable
+        masses = np.full(len(trie.item_order), math.exp(floor - top))  # as arrays: a catalog of millions
+        at = trie.positions(items)
+        masses[at[at >= 0]] = np.exp(values[at >= 0] - top)
+        masses[~view.live_positions()] = 0.0
+        self._cumulative = np.r_[0.0, np.cumsum(masses)]
 
     def log_mass(self, node: int) -> float:
-        mass = sum(self._cumulative[end] - self._cumulative[start] for start, end in self.trie.spans(node))
+        mass = float(sum(self._cumulative[end] - self._cumulative[start] for start, end in self.trie.spans(node)))
         return math.log(mass) if mass > 0 else -math.inf
 
     def logit_bias(self, node: int) -> dict[int, float]:

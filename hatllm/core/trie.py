@@ -101,6 +101,7 @@ class TitleTrie(_Navigation):
         self.item_order: list[str] = [item_ids[i] for i in order]
         self.leaf_at = node_at[row_start + lengths - 1].astype(np.int32) if n else np.zeros(0, np.int32)
         self.position = {item: pos for pos, item in enumerate(self.item_order)}
+        self.removed_positions = np.zeros(0, np.int64)  # entries of `item_order` no longer in the catalog (`PatchedTrie`)
         if len(self.position) != n:
             raise ValueError("item ids must be unique")
         self.longest_path = int(lengths.max(initial=0))  # tokens of the longest title path (close delimiter included)
@@ -165,6 +166,10 @@ class TitleTrie(_Navigation):
     def leaf(self, item_id: str) -> int:
         return int(self.leaf_at[self.position[item_id]])
 
+    def positions(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Each item's place in `item_order`; -1 for an item not in the trie."""
+        return np.fromiter((self.position.get(item, -1) for item in item_ids), np.int64)
+
 
     def path(self, item_id: str) -> list[int]:
         """Nodes from the item's leaf up to the root (both included)."""
@@ -204,6 +209,7 @@ class PatchedTrie(_Navigation):
                     stack.append((child, base_children[tok]))
         self._from_base = {b: a for a, b in self._to_base.items()}
         self.item_order: list[str | None] = list(base.item_order) + added.item_order  # None: removed
+        self.removed_positions = np.array([base.position[item] for item in self.removed], np.int64)
         for item in self.removed:
             self.item_order[base.position[item]] = None
         self.longest_path = max(base.longest_path, added.longest_path)
@@ -257,6 +263,13 @@ class PatchedTrie(_Navigation):
 
     def leaf(self, item_id: str) -> int:
         return self._node(self.added.leaf(item_id)) if item_id in self.added else self.base.leaf(item_id)
+
+    def positions(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Each item's place in `item_order`; -1 for an item not in the trie (or removed)."""
+        offset = len(self.base.item_order)
+        return np.fromiter((offset + self.added.position[item] if item in self.added
+                            else -1 if item in self.removed else self.base.position.get(item, -1)
+                            for item in item_ids), np.int64)
 
     def path(self, item_id: str) -> list[int]:
         if item_id in self.added:
@@ -312,6 +325,7 @@ class TrieView:
             live = {item for item in allow if item in trie} - deny
             self._counted, sign, changed = False, 1, live
             self.is_live = live.__contains__
+        self._changed = changed  # the denied items, or the live ones
         self._allowed: dict[int, list[tuple[int, int]]] = {}
         self._delta: Counter = Counter()
         for item in changed:
@@ -332,6 +346,17 @@ class TrieView:
     def items(self, leaf: int) -> list[str]:
         """Live items at a leaf, in tie order."""
         return [i for i in self.trie.items(leaf) if self.is_live(i)]
+
+    def live_positions(self) -> np.ndarray:
+        """A mask over the trie's `item_order`: which entries are live items."""
+        if self._counted:
+            mask, value = np.ones(len(self.trie.item_order), bool), False
+            mask[self.trie.removed_positions] = False
+        else:
+            mask, value = np.zeros(len(self.trie.item_order), bool), True
+        changed = self.trie.positions(self._changed)
+        mask[changed[changed >= 0]] = value
+        return mask
 
     def is_leaf(self, node: int) -> bool:
         return self.trie.is_leaf(node)
