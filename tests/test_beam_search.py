@@ -5,7 +5,8 @@ from collections import Counter
 import pytest
 import torch
 
-from hatllm.core.trie import ROOT, TitleTrie
+from hatllm.core.catalog import ModelCatalog
+from hatllm.core.trie import ROOT
 from hatllm.reference.modeling import forward, logits
 from hatllm.reference.search import constrained_beam_search
 from tests.helpers import TITLES
@@ -15,7 +16,7 @@ HISTORY = ["Heat (1995)", "Casino (1995)"]
 
 @pytest.fixture(scope="module")
 def trie(builder):
-    return TitleTrie.from_catalog(TITLES, builder, Counter({"5": 3, "4": 1}))
+    return ModelCatalog.build(builder, TITLES, None, Counter({"5": 3, "4": 1})).trie
 
 
 def brute_force_scores(model, builder, view, history):

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
-from hatllm.core.trie import TitleTrie
+from hatllm.core.catalog import ModelCatalog
 from hatllm.reference.modeling import forward, load_model, logits
 from hatllm.reference.search import constrained_beam_search
 from tests.helpers import TITLES, require
@@ -43,7 +43,7 @@ def engine_search(hat_checkpoint):
 
 @pytest.fixture(scope="module")
 def trie(builder):
-    return TitleTrie.from_catalog(TITLES, builder, Counter({"5": 3, "4": 1}))
+    return ModelCatalog.build(builder, TITLES, None, Counter({"5": 3, "4": 1})).trie
 
 
 def requests(builder, trie):
@@ -135,7 +135,6 @@ def test_coded_catalog_on_the_engine_equals_reference(engine_search, hat_checkpo
     shares a code, so its branch needs title steps too; built in full, or as the service patches a
     catalog change (a new item, a retitled one); with the checkpoint's SASRec prior fused in (sent
     to the engine as logit_bias) or not. Same items and scores as the reference search."""
-    from hatllm.core.catalog import ModelCatalog
     from hatllm.core.fusion import ItemPrior
     from hatllm.sasrec import load_fusion
 

@@ -1,7 +1,6 @@
 """Collaborative item codes: resolution for new items, the trie and search over coded titles."""
 
 import random
-from collections import Counter
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from hatllm.core.catalog import ModelCatalog
 from hatllm.core.item_codes import CANDIDATES_PER_TOKEN, RARE_TOKENS, ItemCodes
 from hatllm.core.prompt import DEFAULT_INSTRUCTION, PromptBuilder
 from hatllm.core.search import TrieBeamSearch
-from hatllm.core.trie import ROOT, TitleTrie
+from hatllm.core.trie import ROOT
 from hatllm.reference.modeling import HAT_ATTENTION, make_config
 from hatllm.reference.search import constrained_beam_search, prompt_logits_batch, renormalised
 from hatllm.training.tokenizer import ITEM_CLOSE, ITEM_OPEN, train_tokenizer
@@ -47,7 +46,7 @@ def test_new_item_shares_the_code_of_its_nearest_titled_item():
     assert resolved["new1"] in (codes.codes["1"], codes.codes["6"])  # a Toy Story
     assert resolved["new2"] in codes.codes.values()
     # The shared code branches on the title: both items stay reachable and distinct.
-    trie = TitleTrie.from_catalog(catalog, builder, Counter(), resolved)
+    trie = ModelCatalog.build(builder, catalog, codes).trie  # the codes resolved above
     assert trie.leaf("new1") != trie.leaf([i for i, c in codes.codes.items() if c == resolved["new1"]][0])
 
 

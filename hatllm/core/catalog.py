@@ -40,18 +40,17 @@ class ModelCatalog:
         tokens, lengths = builder.title_tokens_batch([titles[i] for i in items])
         codes = nearest = None
         if item_codes:
-            coded = np.fromiter((item in item_codes.codes for item in items), bool, len(items))
+            coded = _has_own_code(items, item_codes)
             nearest = NearestCode(item_codes, [i for i, c in zip(items, coded) if c], *select_rows(tokens, lengths, coded))
-            codes = cls._codes(items, tokens, lengths, item_codes, nearest)
+            codes = cls._codes(items, tokens, lengths, coded, item_codes, nearest)
         trie = TitleTrie.from_title_tokens(items, tokens, lengths, builder.item_close_id, codes, popularity_rank(items, popularity))
         return cls(builder, dict(titles), codes, trie, item_codes, nearest)
 
     @staticmethod
-    def _codes(items: Sequence[str], tokens: np.ndarray, lengths: np.ndarray, item_codes: ItemCodes,
+    def _codes(items: Sequence[str], tokens: np.ndarray, lengths: np.ndarray, coded: np.ndarray, item_codes: ItemCodes,
                nearest: NearestCode) -> dict[str, Code]:
-        """Each item's own code, or its nearest coded item's."""
-        coded = np.fromiter((item in item_codes.codes for item in items), bool, len(items))
-        codes = {item: item_codes.codes[item] for item in items if item in item_codes.codes}
+        """Each item's own code (where `coded`), or its nearest coded item's."""
+        codes = {item: item_codes.codes[item] for item, own in zip(items, coded) if own}
         return codes | nearest.assign([i for i, c in zip(items, coded) if not c], *select_rows(tokens, lengths, ~coded))
 
     @classmethod
@@ -78,7 +77,8 @@ class ModelCatalog:
         added = [item for item, title in merged.items() if title is not None and base.titles.get(item) != title]
         removed = [item for item, title in merged.items() if item in base.titles and base.titles[item] != title]
         tokens, lengths = self.builder.title_tokens_batch([merged[item] for item in added])
-        added_codes = self._codes(added, tokens, lengths, base.item_codes, base.nearest) if base.item_codes else None
+        added_codes = (self._codes(added, tokens, lengths, _has_own_code(added, base.item_codes), base.item_codes, base.nearest)
+                       if base.item_codes else None)
         added_trie = TitleTrie.from_title_tokens(added, tokens, lengths, self.builder.item_close_id, added_codes,
                                                  popularity_rank(added, popularity))
         codes = ChainMap(added_codes, base.codes) if added_codes is not None else None
@@ -88,3 +88,7 @@ class ModelCatalog:
     def prompt(self, history: Sequence[str]) -> list[int]:
         """The prompt recommending the item after `history` (item ids, oldest first)."""
         return self.builder.prompt([self.titles[i] for i in history], [self.codes[i] for i in history] if self.codes else None)
+
+
+def _has_own_code(items: Sequence[str], item_codes: ItemCodes) -> np.ndarray:
+    return np.fromiter((item in item_codes.codes for item in items), bool, len(items))

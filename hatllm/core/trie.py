@@ -127,13 +127,6 @@ class TitleTrie(_Navigation):
         tokens[starts + lengths - 1] = close
         return cls(items, tokens, lengths, tie_rank)
 
-    @classmethod
-    def from_catalog(cls, titles: Mapping[str, str], builder, popularity: Mapping[str, float] | None = None,
-                     codes: Mapping[str, Sequence[int]] | None = None) -> "TitleTrie":
-        items = list(titles)
-        tokens, lengths = builder.title_tokens_batch([titles[i] for i in items])
-        return cls.from_title_tokens(items, tokens, lengths, builder.item_close_id, codes, popularity_rank(items, popularity))
-
     # Structure
 
     @property
@@ -182,7 +175,6 @@ class TitleTrie(_Navigation):
     def tokens(self, item_id: str) -> list[int]:
         """The item's token path (title tokens and close delimiter), read back from the trie."""
         return [int(self.token[node]) for node in reversed(self.path(item_id)[:-1])]
-
 
 
 class PatchedTrie(_Navigation):
@@ -278,7 +270,6 @@ class PatchedTrie(_Navigation):
 
     def tokens(self, item_id: str) -> list[int]:
         return (self.added if item_id in self.added else self.base).tokens(item_id)
-
 
 
 def popularity_rank(items: Sequence[str], popularity: Mapping[str, float] | None) -> np.ndarray:
