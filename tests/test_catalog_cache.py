@@ -63,3 +63,41 @@ def test_small_changes_patch_the_snapshot_and_many_rebuild_it_in_the_background(
     assert rebuilt.model.base.base is None and rebuilt.model.base.titles == before_rebuild.titles
     assert rebuilt.titles == before_rebuild.titles | {"late": "Late Heat"} and live_items(rebuilt) == set(rebuilt.titles)
     assert whole.model.base is None and len(whole.titles) == len(rebuilt.titles) + 4
+
+
+def test_a_rebuild_that_fails_keeps_the_patched_snapshot_and_the_next_change_retries_it(tmp_path, builder, item_codes):
+    from loadtests.local_service import free_port
+
+    server = EmbeddedRedis(free_port(), tmp_path).start()
+
+    async def scenario():
+        client = connect(server.url, decode_responses=True)
+        store = Store(client, Keys("failing"), history_cap=10)
+        cache = CatalogCache(store, builder, item_codes, rebuild_after=1)
+        try:
+            await store.replace_catalog(TITLES)
+            await cache.refresh()
+            await store.put_items({"a": "Heat Again"})
+            await cache.refresh()
+            await store.put_items({"b": "Casino Again"})
+            patched = await cache.refresh()  # 2 changes since the build > 1: a rebuild task starts at the next await
+            server.stop()  # ... and finds Redis gone
+            await cache._rebuild
+            failed = cache.current, cache._rebuild
+            server.start()
+            await client.connection_pool.disconnect()
+            await store.put_items({"c": "Toy Story Again"})
+            await cache.refresh()
+            await cache._rebuild
+            return patched, failed, cache.current
+        finally:
+            await client.aclose()
+
+    try:
+        patched, (after_failure, task_after_failure), rebuilt = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert after_failure is patched and task_after_failure is None  # served on, the failure forgotten
+    assert patched.model.patch_size == 2 and rebuilt.model.patch_size == 0 and rebuilt.model.base is None
+    assert rebuilt.titles == TITLES | {"a": "Heat Again", "b": "Casino Again", "c": "Toy Story Again"}
+    assert live_items(rebuilt) == set(rebuilt.titles)

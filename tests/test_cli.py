@@ -140,6 +140,12 @@ def test_sensitivity_table_reads_schedule_and_loss_from_the_checkpoint(trained, 
     assert (tmp_path / "sensitivity.png").stat().st_size > 0
 
 
+def test_no_epoch_starts_that_would_end_past_the_budget():
+    assert train.next_epoch_fits(0.0, 0, 1.0) and train.next_epoch_fits(1e9, 5, None)
+    assert train.next_epoch_fits(40.0, 2, 1.0)  # 20 s epochs: the third ends at 60 s, within a minute
+    assert not train.next_epoch_fits(42.0, 2, 1.0)  # 21 s epochs: the third would end at 63 s
+
+
 def test_recipe_trains_teacher_student_and_fusion(tiny_dataset, tmp_path):
     from hatllm.sasrec import load_fusion
     from hatllm.training import recipe

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 from hatllm.training import sasrec, train, tune_fusion
 
-STUDENT_DEFAULTS = ["--size", "mini", "--bf16", "--lr", "2e-3", "--batch-size", "8", "--epochs", "20", "--patience", "4"]
+STUDENT_DEFAULTS = ["--size", "mini", "--bf16", "--lr", "2e-3", "--batch-size", "8", "--epochs", "10", "--patience", "4"]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> Path:
     teacher = out / "teacher"
     record_path = out / "recipe.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record["recipe_args"] = [str(a) for a in (argv if argv is not None else sys.argv[1:])]
     common = ["--data", args.data, "--seed", str(args.seed), "--threads", str(args.threads)]
     if not (teacher / "sasrec.pt").is_file():
         started = time.time()

@@ -183,7 +183,8 @@ def parse_args(argv: list[str] | None):
                    help="largest code logit at init (sets the final norm's gain; 0: leave it at 1)")
     p.add_argument("--epochs", type=int, default=100, help="most epochs (early stopping usually ends sooner)")
     p.add_argument("--patience", type=int, default=5, help="epochs without a better validation NDCG@10 before stopping")
-    p.add_argument("--max-minutes", type=float, help="stop after the epoch that passes this training time")
+    p.add_argument("--max-minutes", type=float,
+                   help="training time budget: no epoch starts that would end past it (judged by the mean epoch so far)")
     p.add_argument("--valid-users", type=int, help="rank a fixed random sample of validation users (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> Path:
     meta = {"dataset": str(args.data), "schedule": model.config.hat_layer_types, "args": vars(args),
             "train_windows": len(windows), "train_tokens": tokens}
     stop_at = min(args.epochs, epoch + args.stop_after) if args.stop_after else args.epochs
-    while epoch < stop_at and epoch - best_epoch < args.patience and not (args.max_minutes and seconds > args.max_minutes * 60):
+    while epoch < stop_at and epoch - best_epoch < args.patience and next_epoch_fits(seconds, epoch, args.max_minutes):
         epoch += 1
         started = time.time()
         model.train()
@@ -284,6 +285,14 @@ def main(argv: list[str] | None = None) -> Path:
     write_progress(meta, log, best, best_epoch, seconds, out, f"{dataset.name} {args.schedule}")
     print(f"saved {out}: best valid NDCG@10 {best:.4f} at epoch {best_epoch}, {meta['minutes']} min")
     return out
+
+
+def next_epoch_fits(seconds: float, epochs_done: int, max_minutes: float | None) -> bool:
+    """Whether one more epoch of the mean length so far ends within the budget (a recipe's total must hold)."""
+    if not max_minutes:
+        return True
+    mean_epoch = seconds / epochs_done if epochs_done else 0.0
+    return seconds + mean_epoch <= max_minutes * 60
 
 
 def write_progress(meta: dict, log: list[dict], best: float, best_epoch: int, seconds: float, out: Path, title: str) -> None:
