@@ -10,6 +10,7 @@ it was made.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def ensure_default_model(retrain: bool = False) -> Path:
     if retrain and DEFAULT_MODEL.exists():
         shutil.rmtree(DEFAULT_MODEL)
     if not (DEFAULT_MODEL / "config.json").is_file():
-        recipe.main(["--data", str(DEFAULT_DATA), "--out", str(DEFAULT_MODEL), *RECIPE_ARGS])
+        # relative paths: recipe.json records the arguments, and the checkpoint ships in the repo
+        recipe.main(["--data", os.path.relpath(DEFAULT_DATA), "--out", os.path.relpath(DEFAULT_MODEL), *RECIPE_ARGS])
     return DEFAULT_MODEL
 
 
