@@ -218,10 +218,13 @@ def redis_outage(workdir: Path) -> dict:
     return figures
 
 
-def overload(workdir: Path, sustainable_rps: float, max_in_flight: int) -> dict:
+def overload(workdir: Path, sustainable_rps: float, max_in_flight: int, engine_cpu_bind: str | None = None) -> dict:
     """3x the sustainable arrival rate: excess shed with 429 + Retry-After, the rest keep their p99.
     The in-flight bound is sized at the sustainable concurrency (rate x latency)."""
-    with running_service(workdir, hatrec_max_in_flight=max_in_flight, hatrec_request_timeout_s=10) as (url, process):
+    settings = dict(hatrec_max_in_flight=max_in_flight, hatrec_request_timeout_s=10)
+    if engine_cpu_bind:
+        settings["hatrec_engine_cpu_bind"] = engine_cpu_bind
+    with running_service(workdir, **settings) as (url, process):
         asyncio.run(open_loop(url, 2, 5, recommend))  # warm-up: first engine steps allocate and load
         baseline = asyncio.run(open_loop(url, sustainable_rps, 20, recommend))
         rss_before = rss_mib(process.pid)
@@ -233,6 +236,7 @@ def overload(workdir: Path, sustainable_rps: float, max_in_flight: int) -> dict:
     p99 = lambda xs: sorted(xs)[int(0.99 * (len(xs) - 1))] if xs else None  # noqa: E731
     other = Counter(code for code, _, _ in results if code not in (200, 429))
     figures = dict(sustainable_rps=sustainable_rps, offered_rps=3 * sustainable_rps, max_in_flight=max_in_flight,
+                   engine_cpu_bind=engine_cpu_bind or "default",
                    requests=len(results), answered_200=len(ok), shed_429=len(shed), other=dict(other),
                    p99_at_sustainable_s=round(p99(ok_base), 3), p99_admitted_at_3x_s=round(p99(ok), 3),
                    slowest_s=round(max(s for _, s, _ in results), 3),
@@ -468,6 +472,7 @@ def main() -> int:
                                         "all"])
     p.add_argument("--sustainable-rps", type=float, default=6.0, help="recommendations/s the service holds (docs/operations.md)")
     p.add_argument("--max-in-flight", type=int, default=6, help="HATREC_MAX_IN_FLIGHT for the overload run")
+    p.add_argument("--engine-cpu-bind", help="HATREC_ENGINE_CPU_BIND for the overload run (default: the service's)")
     p.add_argument("--fuzz-examples", type=int, default=200)
     p.add_argument("--out", help="write the figures here (JSON)")
     args = p.parse_args()
@@ -479,7 +484,7 @@ def main() -> int:
         "two-replicas": two_replicas,
         "redis-kill": embedded_redis_kill,
         "redis-outage": redis_outage,
-        "overload": lambda d: overload(d, args.sustainable_rps, args.max_in_flight),
+        "overload": lambda d: overload(d, args.sustainable_rps, args.max_in_flight, args.engine_cpu_bind),
         "engine-failure": engine_failure,
         "shutdown": shutdown,
         "bad-input": lambda d: bad_input(d, args.fuzz_examples),
