@@ -238,6 +238,7 @@ def overload(workdir: Path, sustainable_rps: float, max_in_flight: int, engine_c
     figures = dict(sustainable_rps=sustainable_rps, offered_rps=3 * sustainable_rps, max_in_flight=max_in_flight,
                    engine_cpu_bind=engine_cpu_bind or "default",
                    requests=len(results), answered_200=len(ok), shed_429=len(shed), other=dict(other),
+                   shed_at_sustainable=sum(code == 429 for code, _, _ in baseline), requests_at_sustainable=len(baseline),
                    p99_at_sustainable_s=round(p99(ok_base), 3), p99_admitted_at_3x_s=round(p99(ok), 3),
                    slowest_s=round(max(s for _, s, _ in results), 3),
                    retry_after_on_every_429=all(r.headers.get("Retry-After") for r in shed),
