@@ -163,7 +163,6 @@ class TitleTrie(_Navigation):
         """Each item's place in `item_order`; -1 for an item not in the trie."""
         return np.fromiter((self.position.get(item, -1) for item in item_ids), np.int64)
 
-
     def path(self, item_id: str) -> list[int]:
         """Nodes from the item's leaf up to the root (both included)."""
         node, nodes = self.leaf(item_id), []

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> Path:
     teacher = out / "teacher"
     record_path = out / "recipe.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    record["recipe_args"] = [str(a) for a in (argv if argv is not None else sys.argv[1:])]
+    record["recipe_args"] = list(argv if argv is not None else sys.argv[1:])
     common = ["--data", args.data, "--seed", str(args.seed), "--threads", str(args.threads)]
     if not (teacher / "sasrec.pt").is_file():
         started = time.time()
