@@ -61,10 +61,11 @@ class CatalogSnapshot:
         return (item for item in self.popular if item in self.titles)
 
 
-def build_snapshot(*args) -> CatalogSnapshot:
+def build_snapshot(version: int, titles: dict[str, str], popularity: dict[str, float], builder: PromptBuilder,
+                   item_codes: ItemCodes | None) -> CatalogSnapshot:
     """`CatalogSnapshot.build` in a worker thread, then the heap pages its temporaries used handed back to
     the OS: glibc keeps freed memory resident otherwise (about 1.5 GB after a million-item build)."""
-    snapshot = CatalogSnapshot.build(*args)
+    snapshot = CatalogSnapshot.build(version, titles, popularity, builder, item_codes)
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to hand back this way

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from hatllm.core.item_codes import ItemCodes
 from hatllm.core.layers import parse_schedule
@@ -36,14 +36,18 @@ TITLES = {
 CODE_TOKENS = ItemCodes.code_tokens(len(TITLES))
 
 
-def tiny_model(tokenizer, builder, schedule: str, layers: int = 3, seed: int = 0) -> LlamaForCausalLM:
+def tiny_model(tokenizer, builder, schedule: str, layers: int = 3, seed: int = 0, model_type: str = "llama") -> PreTrainedModel:
+    """A randomly initialised HatLLM model; `model_type` another base architecture with the same sizes and
+    HatLLM fields, as a fine-tuned Qwen or Mistral checkpoint would carry them."""
     config = make_config(
         len(tokenizer), "tiny", parse_schedule(schedule, layers), builder.item_open_id, builder.item_close_id,
         DEFAULT_INSTRUCTION, tokenizer.bos_token_id, tokenizer.pad_token_id, layers,
     )
-    config._attn_implementation = HAT_ATTENTION
+    if model_type != config.model_type:
+        fields = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
+        config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    return AutoModelForCausalLM.from_config(config, attn_implementation=HAT_ATTENTION).eval()
 
 
 def cluster_port() -> int:

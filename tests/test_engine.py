@@ -13,8 +13,8 @@ import shutil
 import pytest
 import torch
 
-from hatllm.reference.modeling import forward, load_model, logits
-from tests.helpers import TITLES, require
+from hatllm.reference.modeling import forward, load_model, logits, save_model
+from tests.helpers import TITLES, require, tiny_model
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 vllm = require("vllm")
@@ -185,6 +185,20 @@ def test_hat_masks_are_active(greedy_outputs, prompts):
     causal = greedy_outputs("stock_on_hat_weights")
     differing = sum(abs(h[1][0] - c[1][0]) > 1e-3 for h, c in zip(hat, causal))
     assert differing >= len(prompts) // 2
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "mistral"])
+def test_other_base_architectures_equal_reference(model_type, tokenizer, builder, prompts, tmp_path):
+    """The plugin's other bases (a fine-tuned Qwen or Mistral checkpoint) are served with the same masks."""
+    save_model(tiny_model(tokenizer, builder, "IN,OR,CR", seed=3, model_type=model_type), tokenizer, tmp_path)
+    engine = Engine(tmp_path, enable_prefix_caching=False)
+    try:
+        outputs = engine.greedy(prompts)
+    finally:
+        engine.close()
+    model = load_model(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [f"Hat{type(model).__name__}"]
+    assert_matches_reference(outputs, model, prompts)
 
 
 def test_invalid_schedule_refuses_to_start(checkpoints, tmp_path, capfd):
