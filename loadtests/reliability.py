@@ -218,17 +218,21 @@ def redis_outage(workdir: Path) -> dict:
     return figures
 
 
-def overload(workdir: Path, sustainable_rps: float, max_in_flight: int, engine_cpu_bind: str | None = None) -> dict:
+def overload(workdir: Path, sustainable_rps: float, max_in_flight: int, admission_tolerance: float,
+             engine_cpu_bind: str | None = None) -> dict:
     """3x the sustainable arrival rate: excess shed with 429 + Retry-After, the rest keep their p99.
-    The in-flight bound is sized at the sustainable concurrency (rate x latency)."""
-    settings = dict(hatrec_max_in_flight=max_in_flight, hatrec_request_timeout_s=10)
+    `max_in_flight` caps the admission bound; `admission_tolerance` 0 holds it there (service/admission.py)."""
+    settings = dict(hatrec_max_in_flight=max_in_flight, hatrec_admission_tolerance=admission_tolerance,
+                    hatrec_request_timeout_s=10)
     if engine_cpu_bind:
         settings["hatrec_engine_cpu_bind"] = engine_cpu_bind
     with running_service(workdir, **settings) as (url, process):
         asyncio.run(open_loop(url, 2, 5, recommend))  # warm-up: first engine steps allocate and load
         baseline = asyncio.run(open_loop(url, sustainable_rps, 20, recommend))
+        limit_at_sustainable = admission_limit(url)
         rss_before = rss_mib(process.pid)
         results = asyncio.run(open_loop(url, 3 * sustainable_rps, 40, recommend))
+        limit_at_3x = admission_limit(url)
         rss_after = rss_mib(process.pid)
     ok_base = [s for code, s, _ in baseline if code == 200]
     ok = [s for code, s, _ in results if code == 200]
@@ -236,7 +240,8 @@ def overload(workdir: Path, sustainable_rps: float, max_in_flight: int, engine_c
     p99 = lambda xs: sorted(xs)[int(0.99 * (len(xs) - 1))] if xs else None  # noqa: E731
     other = Counter(code for code, _, _ in results if code not in (200, 429))
     figures = dict(sustainable_rps=sustainable_rps, offered_rps=3 * sustainable_rps, max_in_flight=max_in_flight,
-                   engine_cpu_bind=engine_cpu_bind or "default",
+                   admission_tolerance=admission_tolerance, admission_limit_after_sustainable=limit_at_sustainable,
+                   admission_limit_after_3x=limit_at_3x, engine_cpu_bind=engine_cpu_bind or "default",
                    requests=len(results), answered_200=len(ok), shed_429=len(shed), other=dict(other),
                    shed_at_sustainable=sum(code == 429 for code, _, _ in baseline), requests_at_sustainable=len(baseline),
                    p99_at_sustainable_s=round(p99(ok_base), 3), p99_admitted_at_3x_s=round(p99(ok), 3),
@@ -250,6 +255,14 @@ def overload(workdir: Path, sustainable_rps: float, max_in_flight: int, engine_c
     check(figures["slowest_s"] < RECOMMEND_BOUND_S, "a request hung", figures)
     check(rss_after < rss_before * 1.2 + 200, "memory grew without bound", figures)
     return figures
+
+
+def admission_limit(url: str) -> float:
+    """The service's admission bound now, from its /metrics."""
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("hatrec_recommend_admission_limit "):
+            return float(line.split()[1])
+    raise Broken("no hatrec_recommend_admission_limit in /metrics")
 
 
 def first_start(workdir: Path, first_request_bound_s: float | None = 1.0) -> dict:
@@ -473,6 +486,9 @@ def main() -> int:
                                         "all"])
     p.add_argument("--sustainable-rps", type=float, default=6.0, help="recommendations/s the service holds (docs/operations.md)")
     p.add_argument("--max-in-flight", type=int, default=6, help="HATREC_MAX_IN_FLIGHT for the overload run")
+    p.add_argument("--admission-tolerance", type=float, default=0.0,
+                   help="HATREC_ADMISSION_TOLERANCE for the overload run (0, the service's default: a fixed bound at "
+                        "--max-in-flight)")
     p.add_argument("--engine-cpu-bind", help="HATREC_ENGINE_CPU_BIND for the overload run (default: the service's)")
     p.add_argument("--fuzz-examples", type=int, default=200)
     p.add_argument("--out", help="write the figures here (JSON)")
@@ -485,7 +501,8 @@ def main() -> int:
         "two-replicas": two_replicas,
         "redis-kill": embedded_redis_kill,
         "redis-outage": redis_outage,
-        "overload": lambda d: overload(d, args.sustainable_rps, args.max_in_flight, args.engine_cpu_bind),
+        "overload": lambda d: overload(d, args.sustainable_rps, args.max_in_flight, args.admission_tolerance,
+                                      args.engine_cpu_bind),
         "engine-failure": engine_failure,
         "shutdown": shutdown,
         "bad-input": lambda d: bad_input(d, args.fuzz_examples),

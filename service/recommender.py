@@ -1,9 +1,9 @@
 """One recommendation: request -> history -> prompt -> engine -> items -> response.
 
-Admission: at most `max_in_flight` recommendations are under way at once (the engine batches their
-decoding); one more is refused at once with 429, before it costs a Redis call, rather than queued
-without bound, and one that runs past `request_timeout_s` is abandoned (its engine requests aborted)
-with 503.
+Admission: a bound on the recommendations under way at once (the engine batches their decoding), at
+most `max_in_flight` and lower while the engine's latency says requests are queueing (`AdmissionLimit`);
+one more is refused at once with 429, before it costs a Redis call, rather than queued without bound,
+and one that runs past `request_timeout_s` is abandoned (its engine requests aborted) with 503.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from hatllm.core.fusion import ItemPrior
 from hatllm.sasrec import SASRecRanker
 
 from . import metrics
+from .admission import AdmissionLimit
 from .catalog import CatalogCache, CatalogSnapshot
 from .engine import Engine
 from .errors import ServiceError, catalog_unavailable, unknown_items
@@ -41,7 +42,7 @@ class Recommender:
         self.settings, self.store, self.catalog, self.engine = settings, store, catalog, engine
         self.prior, self.fusion_weight = fusion or (None, 0.0)
         self.pipeline = "llm+sasrec" if self.prior is not None else "llm"
-        self.in_flight = 0
+        self.admission = AdmissionLimit(settings.max_in_flight, settings.admission_tolerance)
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         if req.k > self.settings.max_k:
@@ -51,19 +52,18 @@ class Recommender:
 
     @contextmanager
     def _admitted(self):
-        """Refuse at once (429), before any Redis call or catalog work, when `max_in_flight` recommendations
-        are under way: under overload a refusal must cost next to nothing, or refusing slows the admitted."""
-        if self.in_flight >= self.settings.max_in_flight:
+        """Refuse at once (429), before any Redis call or catalog work, when the admission bound is reached:
+        under overload a refusal must cost next to nothing, or refusing slows the admitted."""
+        if not self.admission.admit():
             metrics.SHED.labels("queue_full").inc()
             raise ServiceError(429, "overloaded", "too many recommendations in progress",
                                retry_after=self.settings.retry_after_s)
-        self.in_flight += 1
-        metrics.QUEUE_DEPTH.set(self.in_flight)
+        metrics.QUEUE_DEPTH.set(self.admission.in_flight)
         try:
             yield
         finally:
-            self.in_flight -= 1
-            metrics.QUEUE_DEPTH.set(self.in_flight)
+            self.admission.release()
+            metrics.QUEUE_DEPTH.set(self.admission.in_flight)
 
     async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
         snapshot = self.catalog.current
@@ -92,7 +92,7 @@ class Recommender:
         if len(prompt) + snapshot.trie.longest_path > self.settings.max_model_len:
             raise ServiceError(422, "history_too_long", f"the prompt ({len(prompt)} tokens) leaves no room for a title "
                                                         f"within max_model_len={self.settings.max_model_len}")
-        with stage("decode"):
+        with stage("decode"), self.admission.timed():
             result = await self._decode(prompt, view, req.k, prior)
         metrics.ENGINE_STEPS.observe(result.model_steps)
         return self._response(req, snapshot, result.items, len(recent), "model", self.pipeline)

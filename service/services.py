@@ -18,6 +18,7 @@ from hatllm.core.prompt import PromptBuilder
 from hatllm.sasrec import load_fusion
 
 from . import metrics
+from .admission import MIN_BASELINE_SAMPLES
 from .api_keys import KeyRing, configured_keys, is_loopback
 from .catalog import CatalogCache
 from .engine import Engine
@@ -82,14 +83,18 @@ class Services:
     async def warm_up(self) -> None:
         """Recommendations through the engine before /readyz says ready. The first requests on a fresh
         engine set up its kernels, buffers and caches (seconds on CPU): the warm-up pays for that, not a
-        user. Two, with different histories, so that the first real request is not the first of its kind."""
+        user. Two, with different histories, so that the first real request is not the first of its kind; then
+        a few more, one at a time, give the admission bound its first measure of a lone decode."""
         snapshot = self.catalog.current
         if self.warmed_up or snapshot is None or not snapshot.popular:
             return
         started = time.perf_counter()
         n = self.settings.max_history
-        popular = list(islice(snapshot.most_popular(), n + 1))
-        for history in (popular[:n], popular[1 : n + 1] or popular[:1]):
+        popular = list(islice(snapshot.most_popular(), n + MIN_BASELINE_SAMPLES))
+        histories = [popular[i : i + n] or popular[:n] for i in range(2 + MIN_BASELINE_SAMPLES)]
+        for i, history in enumerate(histories):
+            if i == 2:  # the cold engine's first decodes are no measure of its latency; the rest calibrate it
+                self.recommender.admission.forget_latencies()
             request = RecommendRequest(user_id="warm-up", k=min(10, len(popular)), history=history)
             response = await self.recommender.recommend(request)
         self.warmed_up = response.strategy == "model"

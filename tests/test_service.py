@@ -73,7 +73,7 @@ def server(redis_server, raw_redis, hat_checkpoint):
     settings = Settings(redis_url=redis_server.url, redis_cluster=redis_server.cluster, model_path=str(hat_checkpoint),
                         dataset=None, kv_cache_gib=1,
                         max_model_len=256, catalog_poll_s=0.2, redis_timeout_s=0.5,
-                        max_in_flight=64)  # tests of shedding lower it themselves
+                        max_in_flight=64)  # tests of shedding fill it
     app = create_app(settings)
     port = free_port()
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -360,15 +360,15 @@ def test_concurrent_requests_all_answered(client):
 
 
 def test_overload_is_shed_with_429(client, services):
-    with_settings(services, max_in_flight=2)
-    services.recommender.in_flight = 2  # two recommendations decoding: the queue is full
+    admission = services.recommender.admission
+    admission.in_flight = admission.limit  # as many recommendations decoding as the bound allows
     try:
         history_reads = REGISTRY.get_sample_value("hatrec_recommend_stage_duration_seconds_count", {"stage": "redis"})
         shed = recommend(client, user_id="alice", k=5)
         cold = recommend(client, user_id="stranger", k=2)  # refused as well: deciding it is cold costs a read
         assert REGISTRY.get_sample_value("hatrec_recommend_stage_duration_seconds_count", {"stage": "redis"}) == history_reads
     finally:
-        services.recommender.in_flight = 0
+        admission.in_flight = 0
     assert shed.status_code == 429 and shed.json()["error"]["code"] == "overloaded"
     assert shed.headers["Retry-After"] == "1" and cold.status_code == 429
     assert recommend(client, user_id="alice", k=5).status_code == 200  # capacity is back
@@ -457,12 +457,12 @@ def test_metrics_exposed(client, services):
     assert recommend(client, user_id="alice", k=0).status_code == 422
     events = [{"user_id": "metrics", "item_id": item} for item in ["1", "2", "3", "4", "5"]]
     assert client.post("/events", json={"events": events}).json() == {"accepted": 5}
-    with_settings(services, max_in_flight=1)
-    services.recommender.in_flight = 1
+    admission = services.recommender.admission
+    admission.in_flight = admission.limit
     try:
         assert recommend(client, user_id="alice", k=2).status_code == 429
     finally:
-        services.recommender.in_flight = 0
+        admission.in_flight = 0
     # An item added after training shares the code of "Heat (1995)": telling the two apart takes beams
     # that extend the prompt, which the tail store serves.
     assert client.put("/admin/catalog/items", json={"items": [{"item_id": "90", "title": "Heat 2 (2025)"}]}).status_code == 200
@@ -488,6 +488,7 @@ def test_metrics_exposed(client, services):
     assert samples['hatrec_dependency_up{dependency="engine"}'] == 1
     assert samples['hatrec_dependency_up{dependency="redis"}'] == 1
     assert "hatrec_http_requests_in_flight" in samples and "hatrec_recommend_queue_depth" in samples
+    assert samples["hatrec_recommend_admission_limit"] == 64
     assert any(name.startswith("vllm:") for name in samples)  # the engine's own metrics
     # Beams reused their prompt's partial last block from the tail store (model_patch.kv_tail).
     assert sum(v for name, v in samples.items() if name.startswith("vllm:external_prefix_cache_hits_total")) > 0

@@ -99,6 +99,82 @@ def test_in_flight_bound_is_sized_for_the_machine(hat_checkpoint):
                              max_in_flight=5)).settings.max_in_flight == 5
 
 
+def test_fixed_admission_bound():
+    from service.admission import AdmissionLimit
+
+    limit = AdmissionLimit(ceiling=2, tolerance=0)
+    assert limit.admit() and limit.admit() and not limit.admit()
+    for _ in range(20):
+        limit.observe(5.0, alone=False)  # slow decodes do not move a fixed bound
+    limit.release()
+    assert limit.limit == 2 and limit.admit()
+
+
+def calibrated(ceiling: int, lone_seconds: float = 0.1):
+    from service.admission import MIN_BASELINE_SAMPLES, AdmissionLimit
+
+    limit = AdmissionLimit(ceiling, tolerance=2.0)
+    limit.observe(9.0, alone=False)  # no baseline yet: the bound stays at its ceiling
+    assert limit.limit == ceiling
+    for _ in range(MIN_BASELINE_SAMPLES):
+        limit.observe(lone_seconds, alone=True)
+    return limit
+
+
+def test_admission_bound_drops_when_decodes_queue():
+    limit = calibrated(ceiling=6)
+    assert limit.limit == 6
+    for _ in range(6):
+        assert limit.admit()
+    limit.observe(0.19, alone=False)  # within 2x the lone decodes' 90th percentile: no queueing
+    assert limit.limit == 6
+    limit.observe(0.5, alone=False)  # 2.5x the target: the bound shrinks in proportion
+    assert limit.limit == 2 and not limit.admit()
+    for _ in range(limit.in_flight):  # requests admitted under the old bound are not held against the new one
+        limit.observe(0.5, alone=False)
+    assert limit.limit == 2
+    limit.observe(0.5, alone=False)
+    assert limit.limit == 1
+    for _ in range(10):
+        limit.observe(9.0, alone=False)
+    assert limit.limit == 1  # never below one
+
+
+def test_admission_bound_rises_on_refusals_with_fast_decodes():
+    limit = calibrated(ceiling=3)
+    limit.admit(), limit.admit(), limit.admit()
+    limit.observe(0.5, alone=False)
+    assert limit.limit == 1
+    for _ in range(4):
+        limit.observe(0.1, alone=False)  # fast, but nobody was refused: no reason to admit more
+    assert limit.limit == 1
+    for expected in (2, 3, 3):
+        while limit.admit():
+            pass  # up to the bound, then one refused
+        for _ in range(limit.in_flight):  # the first finishes were admitted under the old bound
+            limit.observe(0.1, alone=False)
+            limit.release()
+        assert limit.limit == expected  # never above the ceiling
+
+
+def test_lone_decodes_are_those_nobody_joined():
+    from service.admission import AdmissionLimit
+
+    limit = AdmissionLimit(ceiling=4, tolerance=2.0)
+    limit.admit()
+    with limit.timed():
+        pass
+    limit.admit()
+    with limit.timed():
+        pass  # another request under way when it started
+    limit.release()
+    with limit.timed():
+        limit.admit()  # one admitted while it ran
+    assert len(limit._alone) == 1
+    limit.forget_latencies()
+    assert len(limit._alone) == 0
+
+
 def test_catalog_read_in_chunks_is_one_version(tmp_path):
     import asyncio
 
