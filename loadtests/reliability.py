@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.local_service import free_port, running_service, start_service, stop_service
 from service.keys import Keys
@@ -259,9 +260,9 @@ def overload(workdir: Path, sustainable_rps: float, max_in_flight: int, admissio
 
 def admission_limit(url: str) -> float:
     """The service's admission bound now, from its /metrics."""
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("hatrec_recommend_admission_limit "):
-            return float(line.split()[1])
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        if family.name == "hatrec_recommend_admission_limit":
+            return family.samples[0].value
     raise Broken("no hatrec_recommend_admission_limit in /metrics")
 
 

@@ -48,10 +48,12 @@ class AdmissionLimit:
             return False
         self.in_flight += 1
         self._admitted += 1
+        metrics.QUEUE_DEPTH.set(self.in_flight)
         return True
 
     def release(self) -> None:
         self.in_flight -= 1
+        metrics.QUEUE_DEPTH.set(self.in_flight)
 
     @contextmanager
     def timed(self):

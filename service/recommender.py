@@ -58,12 +58,10 @@ class Recommender:
             metrics.SHED.labels("queue_full").inc()
             raise ServiceError(429, "overloaded", "too many recommendations in progress",
                                retry_after=self.settings.retry_after_s)
-        metrics.QUEUE_DEPTH.set(self.admission.in_flight)
         try:
             yield
         finally:
             self.admission.release()
-            metrics.QUEUE_DEPTH.set(self.admission.in_flight)
 
     async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
         snapshot = self.catalog.current

@@ -83,15 +83,16 @@ class Services:
     async def warm_up(self) -> None:
         """Recommendations through the engine before /readyz says ready. The first requests on a fresh
         engine set up its kernels, buffers and caches (seconds on CPU): the warm-up pays for that, not a
-        user. Two, with different histories, so that the first real request is not the first of its kind; then
-        a few more, one at a time, give the admission bound its first measure of a lone decode."""
+        user. Two, with different histories, so that the first real request is not the first of its kind; then,
+        when the admission bound adapts, a few more, one at a time, give it its first measure of a lone decode."""
         snapshot = self.catalog.current
         if self.warmed_up or snapshot is None or not snapshot.popular:
             return
         started = time.perf_counter()
         n = self.settings.max_history
-        popular = list(islice(snapshot.most_popular(), n + MIN_BASELINE_SAMPLES))
-        histories = [popular[i : i + n] or popular[:n] for i in range(2 + MIN_BASELINE_SAMPLES)]
+        calibration = MIN_BASELINE_SAMPLES if self.settings.admission_tolerance else 0
+        popular = list(islice(snapshot.most_popular(), n + calibration))
+        histories = [popular[i : i + n] or popular[:n] for i in range(2 + calibration)]
         for i, history in enumerate(histories):
             if i == 2:  # the cold engine's first decodes are no measure of its latency; the rest calibrate it
                 self.recommender.admission.forget_latencies()
