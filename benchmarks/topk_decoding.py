@@ -112,7 +112,7 @@ async def run_async(method: str, args, prompts, trie, builder, histories) -> dic
             lists = lists or [r[2] for r in results]
     finally:
         engine.shutdown()
-        del engine, topk  # before interpreter exit, where AsyncLLM.__del__ would fail
+        engine = topk = None  # dropped before interpreter exit, where AsyncLLM.__del__ would fail
     return dict(runs=runs, lists=lists)
 
 

@@ -17,6 +17,7 @@ import pytest
 import redis
 import uvicorn
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from hatllm.core.catalog import ModelCatalog
 from hatllm.core.fusion import ItemPrior
@@ -475,29 +476,29 @@ def test_metrics_exposed(client, services):
     while (ready := client.get("/readyz")).status_code != 200:
         assert time.monotonic() < deadline, ready.json()
         time.sleep(0.2)
-    text = client.get("/metrics").text
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    assert samples['hatrec_http_requests_total{method="POST",route="/recommend",status="200"}'] >= 2
-    assert samples['hatrec_http_requests_total{method="POST",route="/recommend",status="422"}'] >= 1
-    assert samples["hatrec_recommend_cold_start_total"] >= 1
-    assert samples["hatrec_events_ingested_total"] >= 5
-    assert samples['hatrec_recommend_stage_duration_seconds_count{stage="decode"}'] >= 1
-    assert samples["hatrec_recommend_engine_steps_count"] >= 1
-    assert samples["hatrec_catalog_items"] in (len(TITLES), len(TITLES) + 1)  # the poller may lag the delete
-    assert samples["hatrec_catalog_version"] >= 1
-    assert samples['hatrec_recommend_rejected_total{reason="queue_full"}'] >= 1
-    assert samples['hatrec_dependency_up{dependency="engine"}'] == 1
-    assert samples['hatrec_dependency_up{dependency="redis"}'] == 1
-    assert "hatrec_http_requests_in_flight" in samples and "hatrec_recommend_queue_depth" in samples
-    assert samples["hatrec_recommend_admission_limit"] == 64
-    assert any(name.startswith("vllm:") for name in samples)  # the engine's own metrics
+    samples = {(sample.name, frozenset(sample.labels.items())): sample.value
+               for family in text_string_to_metric_families(client.get("/metrics").text) for sample in family.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples[name, frozenset(labels.items())]
+
+    assert value("hatrec_http_requests_total", method="POST", route="/recommend", status="200") >= 2
+    assert value("hatrec_http_requests_total", method="POST", route="/recommend", status="422") >= 1
+    assert value("hatrec_recommend_cold_start_total") >= 1
+    assert value("hatrec_events_ingested_total") >= 5
+    assert value("hatrec_recommend_stage_duration_seconds_count", stage="decode") >= 1
+    assert value("hatrec_recommend_engine_steps_count") >= 1
+    assert value("hatrec_catalog_items") in (len(TITLES), len(TITLES) + 1)  # the poller may lag the delete
+    assert value("hatrec_catalog_version") >= 1
+    assert value("hatrec_recommend_rejected_total", reason="queue_full") >= 1
+    assert value("hatrec_dependency_up", dependency="engine") == 1
+    assert value("hatrec_dependency_up", dependency="redis") == 1
+    assert value("hatrec_http_requests_in_flight") >= 0 and value("hatrec_recommend_queue_depth") >= 0
+    assert value("hatrec_recommend_admission_limit") == 64
+    assert any(name.startswith("vllm:") for name, _ in samples)  # the engine's own metrics
     # Beams reused their prompt's partial last block from the tail store (model_patch.kv_tail).
-    assert sum(v for name, v in samples.items() if name.startswith("vllm:external_prefix_cache_hits_total")) > 0
-    assert not any("alice" in name for name in samples)  # no user ids in labels
+    assert sum(v for (name, _), v in samples.items() if name == "vllm:external_prefix_cache_hits_total") > 0
+    assert not any("alice" in label for _, labels in samples for _, label in labels)  # no user ids in labels
 
 def test_fuzzed_requests_never_get_500(client, catalog_restored):
     """Generated inputs for every operation of the OpenAPI schema, admin ones included: JSON answers,
