@@ -258,12 +258,18 @@ def overload(workdir: Path, sustainable_rps: float, max_in_flight: int, admissio
     return figures
 
 
+def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a Prometheus text exposition, keyed by name and label set."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
 def admission_limit(url: str) -> float:
     """The service's admission bound now, from its /metrics."""
-    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
-        if family.name == "hatrec_recommend_admission_limit":
-            return family.samples[0].value
-    raise Broken("no hatrec_recommend_admission_limit in /metrics")
+    samples = metric_samples(httpx.get(f"{url}/metrics").text)
+    if ("hatrec_recommend_admission_limit", frozenset()) not in samples:
+        raise Broken("no hatrec_recommend_admission_limit in /metrics")
+    return samples["hatrec_recommend_admission_limit", frozenset()]
 
 
 def first_start(workdir: Path, first_request_bound_s: float | None = 1.0) -> dict:

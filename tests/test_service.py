@@ -17,7 +17,6 @@ import pytest
 import redis
 import uvicorn
 from prometheus_client import REGISTRY
-from prometheus_client.parser import text_string_to_metric_families
 
 from hatllm.core.catalog import ModelCatalog
 from hatllm.core.fusion import ItemPrior
@@ -30,7 +29,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 require("vllm")
 
 from loadtests.local_service import free_port  # noqa: E402
-from loadtests.reliability import fuzz_schema  # noqa: E402
+from loadtests.reliability import fuzz_schema, metric_samples  # noqa: E402
 from service.api import create_app  # noqa: E402
 from service.api_keys import ApiKey, KeyRing  # noqa: E402
 from service.keys import Keys  # noqa: E402
@@ -476,8 +475,7 @@ def test_metrics_exposed(client, services):
     while (ready := client.get("/readyz")).status_code != 200:
         assert time.monotonic() < deadline, ready.json()
         time.sleep(0.2)
-    samples = {(sample.name, frozenset(sample.labels.items())): sample.value
-               for family in text_string_to_metric_families(client.get("/metrics").text) for sample in family.samples}
+    samples = metric_samples(client.get("/metrics").text)
 
     def value(name: str, **labels: str) -> float:
         return samples[name, frozenset(labels.items())]
