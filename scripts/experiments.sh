@@ -6,14 +6,15 @@
 # SASRec (the baseline and every student's teacher) -> runs/NAME/sasrec; per schedule and seed the recipe's
 # student (`hatllm.training.recipe`, the shared SASRec as its teacher, a cosine schedule of EPOCHS epochs, its fusion
 # weight chosen on validation) -> runs/NAME/<schedule>-s<seed>; evaluations of each student fused with SASRec
-# and alone, of SASRec and of most-popular -> docs/results/NAME/*.json; a table (mean ± sd over seeds) and
-# plot by hatllm.evaluation.report. Reruns skip what exists and resume an interrupted student, so two shells can share
+# and alone, of SASRec and of most-popular -> docs/results/NAME/*.json; each student's training log and fusion sweep
+# -> docs/results/NAME/training/; a table (mean ± sd over seeds) and plot by hatllm.evaluation.report, and the
+# validation curves of every student in runs/NAME -> docs/results/NAME/learning_curves.png. Reruns skip what exists and resume an interrupted student, so two shells can share
 # the work by taking different seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=$1 name=$2 schedules=${3:-hat causal} seeds=${4:-0} epochs=${5:-20} threads=${THREADS:-0}
 py=.venv/bin/python runs=runs/$name out=docs/results/$name
-mkdir -p "$runs" "$out"
+mkdir -p "$runs" "$out/training"
 [ -f "$runs/sasrec/sasrec.pt" ] || $py -m hatllm.training.sasrec --data "$data" --out "$runs/sasrec" --threads "$threads"
 for seed in $seeds; do
   for schedule in $schedules; do
@@ -22,6 +23,8 @@ for seed in $seeds; do
     [ -e "$dir/teacher" ] || ln -s ../sasrec "$dir/teacher"
     [ -f "$dir/fusion.json" ] || $py -m hatllm.training.recipe --data "$data" --out "$dir" --schedule "$schedule" --seed "$seed" \
       --threads "$threads" --minutes 100000 -- --epochs "$epochs"
+    cp "$dir/training.json" "$out/training/$schedule-s$seed.json"
+    cp "$dir/fusion_sweep.json" "$out/training/$schedule-s$seed-fusion_sweep.json"
     label=$([ "$schedule" = causal ] && echo causal || echo hatllm)
     [ -f "$out/$label+sasrec-s$seed.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" \
       --name "$label+sasrec s$seed" --out "$out/$label+sasrec-s$seed.json"
@@ -32,3 +35,6 @@ done
 [ -f "$out/sasrec.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method sasrec --model "$runs/sasrec" --out "$out/sasrec.json"
 [ -f "$out/popular.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method popular --out "$out/popular.json"
 $py -m hatllm.evaluation.report "$out" --title "$name"
+students=()
+for dir in "$runs"/*-s*; do [ -f "$dir/fusion.json" ] && students+=("$dir"); done
+$py -m hatllm.evaluation.learning_curves "$out/learning_curves.png" "${students[@]}"
