@@ -266,10 +266,10 @@ def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 def admission_limit(url: str) -> float:
     """The service's admission bound now, from its /metrics."""
-    samples = metric_samples(httpx.get(f"{url}/metrics").text)
-    if ("hatrec_recommend_admission_limit", frozenset()) not in samples:
+    limit = metric_samples(httpx.get(f"{url}/metrics").text).get(("hatrec_recommend_admission_limit", frozenset()))
+    if limit is None:
         raise Broken("no hatrec_recommend_admission_limit in /metrics")
-    return samples["hatrec_recommend_admission_limit", frozenset()]
+    return limit
 
 
 def first_start(workdir: Path, first_request_bound_s: float | None = 1.0) -> dict:

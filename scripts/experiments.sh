@@ -6,10 +6,10 @@
 # SASRec (the baseline and every student's teacher) -> runs/NAME/sasrec; per schedule and seed the recipe's
 # student (`hatllm.training.recipe`, the shared SASRec as its teacher, a cosine schedule of EPOCHS epochs, its fusion
 # weight chosen on validation) -> runs/NAME/<schedule>-s<seed>; evaluations of each student fused with SASRec
-# and alone, of SASRec and of most-popular -> docs/results/NAME/*.json; each student's training log and fusion sweep
-# -> docs/results/NAME/training/; a table (mean ± sd over seeds) and plot by hatllm.evaluation.report, and the
-# validation curves of every student in runs/NAME -> docs/results/NAME/learning_curves.png. Reruns skip what exists and resume an interrupted student, so two shells can share
-# the work by taking different seeds.
+# and alone, of SASRec and of most-popular -> docs/results/NAME/*.json; each student's training log and fusion
+# sweep -> docs/results/NAME/training/; a table (mean ± sd over seeds) and plot by hatllm.evaluation.report, and
+# the validation curves of every finished student in runs/NAME -> docs/results/NAME/learning_curves.png. Reruns
+# skip what exists and resume an interrupted student, so two shells can share the work by taking different seeds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=$1 name=$2 schedules=${3:-hat causal} seeds=${4:-0} epochs=${5:-20} threads=${THREADS:-0}
