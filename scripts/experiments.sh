@@ -3,6 +3,7 @@
 # full ranking, whole test set, seen items excluded):
 #   [THREADS=1] scripts/experiments.sh DATASET_DIR NAME [SCHEDULES] [SEEDS] [EPOCHS]
 #   e.g. THREADS=1 scripts/experiments.sh data/ml-latest-small ml-latest-small "hat causal" "0 1 2" 6
+# STUDENT_ARGS go to every student's `train` unchanged (e.g. STUDENT_ARGS="--valid-users 5000" on a large dataset).
 # SASRec (the baseline and every student's teacher) -> runs/NAME/sasrec; per schedule and seed the recipe's
 # student (`hatllm.training.recipe`, the shared SASRec as its teacher, a cosine schedule of EPOCHS epochs, its fusion
 # weight chosen on validation) -> runs/NAME/<schedule>-s<seed>; evaluations of each student fused with SASRec
@@ -22,7 +23,7 @@ for seed in $seeds; do
     mkdir -p "$dir"
     [ -e "$dir/teacher" ] || ln -s ../sasrec "$dir/teacher"
     [ -f "$dir/fusion.json" ] || $py -m hatllm.training.recipe --data "$data" --out "$dir" --schedule "$schedule" --seed "$seed" \
-      --threads "$threads" --minutes 100000 -- --epochs "$epochs"
+      --threads "$threads" --minutes 100000 -- --epochs "$epochs" ${STUDENT_ARGS:-}
     cp "$dir/training.json" "$out/training/$schedule-s$seed.json"
     cp "$dir/fusion_sweep.json" "$out/training/$schedule-s$seed-fusion_sweep.json"
     label=$([ "$schedule" = causal ] && echo causal || echo hatllm)

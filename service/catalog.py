@@ -18,6 +18,7 @@ import asyncio
 import ctypes
 import logging
 from dataclasses import dataclass
+from typing import Iterator
 
 from hatllm.core.catalog import ModelCatalog
 from hatllm.core.item_codes import ItemCodes
@@ -35,18 +36,15 @@ _ABSENT = object()
 @dataclass(frozen=True)
 class CatalogSnapshot:
     version: int
-    model: ModelCatalog  # titles, codes, trie and prompts as the served checkpoint sees them
-    popular: list[str]  # item ids, most interacted first (cold start, and the trie's tie order); may hold removed items
+    model: ModelCatalog  # titles, codes, trie, popularity order and prompts as the served checkpoint sees them
 
     @classmethod
     def build(cls, version: int, titles: dict[str, str], popularity: dict[str, float], builder: PromptBuilder,
               item_codes: ItemCodes | None = None) -> "CatalogSnapshot":
-        popular = sorted(titles, key=lambda item: (-popularity.get(item, 0), item))
-        return cls(version, ModelCatalog.build(builder, titles, item_codes, popularity), popular)
+        return cls(version, ModelCatalog.build(builder, titles, item_codes, popularity))
 
     def with_changes(self, version: int, changes: dict[str, str | None], popularity: dict[str, float]) -> "CatalogSnapshot":
-        new = [item for item, title in changes.items() if title is not None and item not in self.titles]
-        return CatalogSnapshot(version, self.model.with_changes(changes, popularity), self.popular + new)
+        return CatalogSnapshot(version, self.model.with_changes(changes, popularity))
 
     @property
     def titles(self) -> dict[str, str]:
@@ -56,9 +54,9 @@ class CatalogSnapshot:
     def trie(self) -> TitleTrie | PatchedTrie:
         return self.model.trie
 
-    def most_popular(self):
-        """Catalog items, most interacted first."""
-        return (item for item in self.popular if item in self.titles)
+    def most_popular(self) -> Iterator[str]:
+        """Catalog items, most interacted first (cold start)."""
+        return self.model.most_popular()
 
 
 def build_snapshot(version: int, titles: dict[str, str], popularity: dict[str, float], builder: PromptBuilder,

@@ -86,7 +86,7 @@ class Services:
         user. Two, with different histories, so that the first real request is not the first of its kind; then,
         when the admission bound adapts, a few more, one at a time, give it its first measure of a lone decode."""
         snapshot = self.catalog.current
-        if self.warmed_up or snapshot is None or not snapshot.popular:
+        if self.warmed_up or snapshot is None or not snapshot.titles:
             return
         started = time.perf_counter()
         n = self.settings.max_history

@@ -131,3 +131,14 @@ def test_a_patched_catalog_equals_a_full_build_of_the_same_titles():
     close = builder.item_close_id
     check_same_catalog(patched.trie, {i: [*patched.codes[i], *builder.title_tokens(t), close] for i, t in final.items()})
     assert patched.prompt(["5", "new3"]) == builder.prompt([final["5"], final["new3"]], [patched.codes["5"], patched.codes["new3"]])
+
+
+def test_most_popular_keeps_the_full_builds_order_then_new_items_once_each():
+    tokenizer, builder, codes = coded_setup()
+    popularity = {"7": 5, "2": 3, "5": 3, "1": 1}
+    built = ModelCatalog.build(builder, TITLES, codes, popularity)
+    assert list(built.most_popular()) == ["7", "2", "5", "1", "3", "4", "6", "8"]  # ties by item id
+    patched = built.with_changes({"2": None, "new": "Heat Casino", "5": "Emma 2"}).with_changes({"2": TITLES["2"], "new": None})
+    patched = patched.with_changes({"new": "Heat Casino", "newer": "Jumanji Heat"})
+    assert list(patched.most_popular()) == ["7", "2", "5", "1", "3", "4", "6", "8", "new", "newer"]
+    assert list(patched.with_changes({"7": None}).most_popular())[:2] == ["2", "5"]

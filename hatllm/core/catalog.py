@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections import ChainMap, Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -32,6 +33,7 @@ class ModelCatalog:
     nearest: NearestCode | None = None  # codes for items the checkpoint has none for
     base: "ModelCatalog | None" = None  # the fully built catalog this one patches
     changes: Mapping[str, str | None] = field(default_factory=dict)  # since `base`: item -> title, None = removed
+    popular: Sequence[str] = ()  # the full build's items, most interacted first (its trie's tie order)
 
     @classmethod
     def build(cls, builder: PromptBuilder, titles: Mapping[str, str], item_codes: ItemCodes | None,
@@ -43,8 +45,9 @@ class ModelCatalog:
             coded = _has_own_code(items, item_codes)
             nearest = NearestCode(item_codes, [i for i, c in zip(items, coded) if c], *select_rows(tokens, lengths, coded))
             codes = cls._codes(items, tokens, lengths, coded, item_codes, nearest)
-        trie = TitleTrie.from_title_tokens(items, tokens, lengths, builder.item_close_id, codes, popularity_rank(items, popularity))
-        return cls(builder, dict(titles), codes, trie, item_codes, nearest)
+        rank = popularity_rank(items, popularity)
+        trie = TitleTrie.from_title_tokens(items, tokens, lengths, builder.item_close_id, codes, rank)
+        return cls(builder, dict(titles), codes, trie, item_codes, nearest, popular=[items[i] for i in np.argsort(rank)])
 
     @staticmethod
     def _codes(items: Sequence[str], tokens: np.ndarray, lengths: np.ndarray, coded: np.ndarray, item_codes: ItemCodes,
@@ -83,7 +86,13 @@ class ModelCatalog:
                                                  popularity_rank(added, popularity))
         codes = ChainMap(added_codes, base.codes) if added_codes is not None else None
         return ModelCatalog(self.builder, titles, codes, PatchedTrie(base.trie, removed, added_trie), base.item_codes,
-                            base.nearest, base, merged)
+                            base.nearest, base, merged, base.popular)
+
+    def most_popular(self) -> Iterator[str]:
+        """Catalog items, most interacted first; items added since the full build follow, in the order they came."""
+        base = self.base or self
+        added = (item for item, title in self.changes.items() if title is not None and item not in base.titles)
+        return (item for item in chain(self.popular, added) if item in self.titles)
 
     def prompt(self, history: Sequence[str]) -> list[int]:
         """The prompt recommending the item after `history` (item ids, oldest first)."""
