@@ -19,7 +19,7 @@ from typing import Mapping
 
 import numpy as np
 
-from hatllm.core.trie import TrieView
+from hatllm.core.trie import TitleTrie, TrieView
 
 BIAS_LIMIT = 100.0  # vLLM clamps every logit_bias value to +-100 (SamplingParams.from_optional)
 
@@ -37,12 +37,24 @@ class ItemPrior:
         masses[~view.live_positions()] = 0.0
         self._cumulative = np.r_[0.0, np.cumsum(masses)]
 
+    def _mass(self, node: int) -> float:
+        return float(sum(self._cumulative[end] - self._cumulative[start] for start, end in self.trie.spans(node)))
+
     def log_mass(self, node: int) -> float:
-        mass = float(sum(self._cumulative[end] - self._cumulative[start] for start, end in self.trie.spans(node)))
-        return math.log(mass) if mass > 0 else -math.inf
+        return _log(self._mass(node))
 
     def logit_bias(self, node: int) -> dict[int, float]:
         """Token -> bias for the allowed children of `node`: `weight` x the log of the share of the node's
         live mass under each child (<= 0), clamped as vLLM clamps ``logit_bias``."""
         parent = self.log_mass(node)
-        return {tok: max(-BIAS_LIMIT, self.weight * (self.log_mass(child) - parent)) for tok, child in self.view.allowed(node)}
+        allowed = self.view.allowed(node)
+        if isinstance(self.trie, TitleTrie):  # one span per node: every child's mass in one array operation
+            starts, ends = self.trie.span_arrays([child for _, child in allowed])
+            masses = (self._cumulative[ends] - self._cumulative[starts]).tolist()
+        else:
+            masses = [self._mass(child) for _, child in allowed]
+        return {tok: max(-BIAS_LIMIT, self.weight * (_log(mass) - parent)) for (tok, _), mass in zip(allowed, masses)}
+
+
+def _log(mass: float) -> float:
+    return math.log(mass) if mass > 0 else -math.inf

@@ -22,6 +22,7 @@ the HF reference model; `model_patch.engine_topk` drives it with the vLLM engine
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -85,8 +86,8 @@ class TrieBeamSearch:
         self.model_steps += 1
         candidates = []
         for b, (beam, scored) in enumerate(zip(self.active, logprobs)):
-            children = dict(self.view.allowed(beam.node))
-            best = sorted(scored.items(), key=lambda t: (-t[1], t[0]))[: self.beam_width]
+            best = heapq.nsmallest(self.beam_width, scored.items(), key=lambda t: (-t[1], t[0]))
+            children = self.view.children(beam.node)
             candidates += [(beam.score + lp, b, tok, children[tok]) for tok, lp in best]
         candidates.sort(key=lambda c: (-c[0], c[2], c[1]))
         self.finished += [(score, child) for score, _, _, child in candidates if self.view.is_leaf(child)]

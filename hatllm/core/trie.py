@@ -153,6 +153,12 @@ class TitleTrie(_Navigation):
         start = int(self.span_start[node])
         return [(start, start + int(self.item_count[node]))]
 
+    def span_arrays(self, nodes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """`spans` of many nodes at once, as (starts, ends): a node of this trie has one span."""
+        nodes = np.asarray(nodes, np.int64)
+        starts = self.span_start[nodes]
+        return starts, starts + self.item_count[nodes]
+
     def __contains__(self, item_id: str) -> bool:
         return item_id in self.position
 
@@ -317,10 +323,14 @@ class TrieView:
             self.is_live = live.__contains__
         self._changed = changed  # the denied items, or the live ones
         self._allowed: dict[int, list[tuple[int, int]]] = {}
+        self._children: dict[int, dict[int, int]] = {}
         self._delta: Counter = Counter()
         for item in changed:
             for node in trie.path(item):
                 self._delta[node] += sign
+        # Every node of the trie holds an item, so with denied items only the nodes above them can be dead:
+        # a node's allowed children are its edges less these, found without counting each child.
+        self._dead = {node for node in self._delta if self.live_count(node) <= 0} if self._counted else None
 
     def live_count(self, node: int) -> int:
         return (self.trie.count(node) if self._counted else 0) + self._delta[node]
@@ -330,8 +340,20 @@ class TrieView:
         search asks again for the tokens, the fusion bias and forced chains)."""
         pairs = self._allowed.get(node)
         if pairs is None:
-            pairs = self._allowed[node] = [(tok, child) for tok, child in self.trie.edges(node) if self.live_count(child) > 0]
+            edges = self.trie.edges(node)
+            if self._dead is not None:
+                pairs = [pair for pair in edges if pair[1] not in self._dead] if self._dead else edges
+            else:
+                pairs = [(tok, child) for tok, child in edges if self.live_count(child) > 0]
+            self._allowed[node] = pairs
         return pairs
+
+    def children(self, node: int) -> dict[int, int]:
+        """`allowed` as token -> child (kept, as `allowed` is)."""
+        children = self._children.get(node)
+        if children is None:
+            children = self._children[node] = dict(self.allowed(node))
+        return children
 
     def items(self, leaf: int) -> list[str]:
         """Live items at a leaf, in tie order."""
