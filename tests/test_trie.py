@@ -149,3 +149,30 @@ def test_fusion_masses_are_the_live_items_prior_mass(seed):
         for node in {n for item in final for n in trie.path(item)}:
             expected = sum(math.exp(log_probs.get(i, floor) - top) for i in below(node))
             assert prior.log_mass(node) == (pytest.approx(math.log(expected)) if expected else -math.inf)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_allowed_children_and_fusion_bias_equal_their_per_child_definitions(seed):
+    """The array shortcuts (a view's dead nodes, every child's mass at once on a flat trie) give exactly
+    what counting and summing each child gives, on a flat and a patched trie, with deny- and allow-lists."""
+    rng = random.Random(seed)
+    paths = random_paths(rng, 150)
+    flat = build(paths)
+    gone = rng.sample(sorted(paths), 10)
+    patched = PatchedTrie(flat, gone, build({"new": random_paths(rng, 1)["i0"]}))
+    for trie in (flat, patched):
+        items = sorted(i for i in [*paths, "new"] if i in trie)
+        log_probs = {item: -rng.uniform(0, 8) for item in rng.sample(items, 100)}
+        subtree = trie.path(items[0])[-2]  # deny every item under one child of the root: a dead node
+        below = [i for i in items if subtree in trie.path(i)]
+        denied = trie.view(deny=below + rng.sample(items, 20))
+        assert subtree not in denied.children(ROOT).values()
+        for view in (denied, trie.view(allow=rng.sample(items, 40))):
+            prior = ItemPrior(view, log_probs, 1.5)
+            for node in {n for item in items for n in trie.path(item) if not trie.is_leaf(n)}:
+                expected = [(tok, child) for tok, child in trie.edges(node) if view.live_count(child) > 0]
+                assert view.allowed(node) == expected and view.children(node) == dict(expected)
+                if expected:
+                    parent = prior.log_mass(node)
+                    assert prior.logit_bias(node) == {tok: max(-100.0, 1.5 * (prior.log_mass(child) - parent))
+                                                      for tok, child in expected}
