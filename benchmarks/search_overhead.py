@@ -1,0 +1,77 @@
+"""The search's own work per recommendation, without a model: what the gateway spends besides the engine.
+
+    python -m benchmarks.search_overhead                                   # default model, ml-latest-small
+    python -m benchmarks.search_overhead --data ../shared/datasets/ml-1m --model runs/ml-1m/student
+
+For each test user of the dataset (seen items excluded, as served): the trie view over the catalog, then
+`TrieBeamSearch` (K=10) fed by a stand-in scorer that ranks the allowed tokens by a fixed random score per
+token, as an engine answers with the top `beam_width` allowed tokens. Only the search's calls are timed
+(view, allowed tokens, fusion bias, advance, result), not the stand-in scorer. One process, one thread;
+run it on an otherwise idle machine. Runs on any commit whose `ModelCatalog.for_checkpoint` and
+`TrieBeamSearch` it can import, so two commits can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hatllm.core.catalog import ModelCatalog
+from hatllm.core.search import TrieBeamSearch
+from hatllm.data import leave_one_out, load_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def time_searches(catalog: ModelCatalog, histories: list[list[str]], k: int, seed: int) -> list[float]:
+    token_score = np.random.default_rng(seed).random(len(catalog.builder.tokenizer))
+    seconds = []
+    for history in histories:
+        spent = 0.0
+        started = time.perf_counter()
+        search = TrieBeamSearch(catalog.trie.view(deny=history), k)
+        spent += time.perf_counter() - started
+        while True:
+            started = time.perf_counter()
+            if search.done:
+                search.result()
+                spent += time.perf_counter() - started
+                break
+            requests = [(search.allowed_tokens(beam), search.logit_bias(beam)) for beam in search.active]
+            spent += time.perf_counter() - started
+            answers = []
+            for allowed, _ in requests:  # the stand-in engine, not timed
+                top = np.argsort(-token_score[allowed])[: search.beam_width]
+                answers.append({allowed[i]: -1.0 - rank for rank, i in enumerate(top)})
+            started = time.perf_counter()
+            search.advance(answers)
+            spent += time.perf_counter() - started
+        seconds.append(spent)
+    return seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(ROOT / "data" / "ml-latest-small"))
+    p.add_argument("--model", default=str(ROOT / "models" / "ml-latest-small-hat"))
+    p.add_argument("--users", type=int, default=500)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    dataset = load_dataset(args.data)
+    split = leave_one_out(dataset, 50)
+    catalog = ModelCatalog.for_checkpoint(args.model, dataset.catalog.titles, split.popularity())
+    histories = [sorted(example.seen) for example in split.test[: args.users]]  # every seen item, as served
+    time_searches(catalog, histories[:20], args.k, args.seed)  # warm caches and imports
+    seconds = time_searches(catalog, histories, args.k, args.seed)
+    ms = sorted(1000 * s for s in seconds)
+    print(f"{len(ms)} searches over {len(dataset.catalog.titles)} items: median {statistics.median(ms):.2f} ms, "
+          f"p90 {ms[int(0.9 * (len(ms) - 1))]:.2f} ms, mean {statistics.fmean(ms):.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
