@@ -1,12 +1,15 @@
 """The search's own work per recommendation, without a model: what the gateway spends besides the engine.
 
     python -m benchmarks.search_overhead                                   # default model, ml-latest-small
+    python -m benchmarks.search_overhead --prior models/ml-latest-small-hat/teacher --fusion-weight 1
     python -m benchmarks.search_overhead --data ../shared/datasets/ml-1m --model runs/ml-1m/student
 
 For each test user of the dataset (seen items excluded, as served): the trie view over the catalog, then
 `TrieBeamSearch` (K=10) fed by a stand-in scorer that ranks the allowed tokens by a fixed random score per
-token, as an engine answers with the top `beam_width` allowed tokens. Only the search's calls are timed
-(view, allowed tokens, fusion bias, advance, result), not the stand-in scorer. One process, one thread;
+token, as an engine answers with the top `beam_width` allowed tokens. With `--prior`, the search is fused
+with that SASRec (`hatllm.core.fusion`): its log-probabilities are computed untimed, like the engine's,
+and the fusion's own work is timed (the prior over the view, the bias of every scored node). Only the
+search's calls are timed (view, prior, allowed tokens, bias, advance, result). One process, one thread;
 run it on an otherwise idle machine. Runs on any commit whose `ModelCatalog.for_checkpoint` and
 `TrieBeamSearch` it can import, so two commits can be compared.
 """
@@ -21,19 +24,25 @@ from pathlib import Path
 import numpy as np
 
 from hatllm.core.catalog import ModelCatalog
+from hatllm.core.fusion import ItemPrior
 from hatllm.core.search import TrieBeamSearch
 from hatllm.data import leave_one_out, load_dataset
+from hatllm.sasrec import SASRecRanker
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def time_searches(catalog: ModelCatalog, histories: list[list[str]], k: int, seed: int) -> list[float]:
+def time_searches(catalog: ModelCatalog, users: list[tuple[list[str], list[str]]], k: int, seed: int,
+                  prior: SASRecRanker | None = None, weight: float = 0.0) -> list[float]:
+    """Seconds of search work per (prompt items, seen items) pair."""
     token_score = np.random.default_rng(seed).random(len(catalog.builder.tokenizer))
     seconds = []
-    for history in histories:
+    for recent, seen in users:
+        log_probs = prior.log_probs_batch([tuple(recent)])[0] if prior else None
         spent = 0.0
         started = time.perf_counter()
-        search = TrieBeamSearch(catalog.trie.view(deny=history), k)
+        view = catalog.trie.view(deny=seen)
+        search = TrieBeamSearch(view, k, prior=ItemPrior(view, log_probs, weight) if prior else None)
         spent += time.perf_counter() - started
         while True:
             started = time.perf_counter()
@@ -61,15 +70,19 @@ def main() -> None:
     p.add_argument("--users", type=int, default=500)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prior", help="a SASRec checkpoint folder to fuse with (default: no fusion)")
+    p.add_argument("--fusion-weight", type=float, default=1.0)
     args = p.parse_args()
     dataset = load_dataset(args.data)
     split = leave_one_out(dataset, 50)
     catalog = ModelCatalog.for_checkpoint(args.model, dataset.catalog.titles, split.popularity())
-    histories = [sorted(example.seen) for example in split.test[: args.users]]  # every seen item, as served
-    time_searches(catalog, histories[:20], args.k, args.seed)  # warm caches and imports
-    seconds = time_searches(catalog, histories, args.k, args.seed)
+    users = [(list(example.history), sorted(example.seen)) for example in split.test[: args.users]]  # all seen excluded
+    prior = SASRecRanker.load(args.prior) if args.prior else None
+    time_searches(catalog, users[:20], args.k, args.seed, prior, args.fusion_weight)  # warm caches and imports
+    seconds = time_searches(catalog, users, args.k, args.seed, prior, args.fusion_weight)
     ms = sorted(1000 * s for s in seconds)
-    print(f"{len(ms)} searches over {len(dataset.catalog.titles)} items: median {statistics.median(ms):.2f} ms, "
+    fused = f", fused with {args.prior} (weight {args.fusion_weight})" if prior else ""
+    print(f"{len(ms)} searches over {len(dataset.catalog.titles)} items{fused}: median {statistics.median(ms):.2f} ms, "
           f"p90 {ms[int(0.9 * (len(ms) - 1))]:.2f} ms, mean {statistics.fmean(ms):.2f} ms")
 
 

@@ -13,8 +13,13 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from hatllm.core.fusion import ItemLogProbs
+
+NO_OPINION = ItemLogProbs((), np.empty(0))
 
 
 class SASRec(nn.Module):
@@ -59,6 +64,7 @@ class SASRecRanker:
         self.model = model.eval()
         self.device = model.item_emb.weight.device
         self.item_ids = item_ids
+        self._items = tuple(item_ids)  # one tuple for every prior row: see ItemLogProbs
         self.index = {item: i + 1 for i, item in enumerate(item_ids)}
 
     @torch.no_grad()
@@ -67,13 +73,13 @@ class SASRecRanker:
         seqs = left_pad([[self.index[i] for i in h] for h in histories], self.model.max_len)
         return self.model.scores(self.model(seqs.to(self.device))[:, -1])
 
-    def log_probs_batch(self, histories: list[tuple[str, ...]]) -> list[dict[str, float]]:
-        """Item id -> log-probability of being next, per history (a fusion prior, `hatllm.core.fusion`). Items
-        it was not trained on are left out of the histories; with none left it has no opinion ({})."""
+    def log_probs_batch(self, histories: list[tuple[str, ...]]) -> list[ItemLogProbs]:
+        """Each item's log-probability of being next, per history (a fusion prior, `hatllm.core.fusion`). Items
+        it was not trained on are left out of the histories; with none left it has no opinion (no items)."""
         known = [tuple(i for i in h if i in self.index) for h in histories]
-        rows = self.score_batch([h for h in known if h]).log_softmax(-1) if any(known) else []
+        rows = self.score_batch([h for h in known if h]).log_softmax(-1).double().cpu().numpy() if any(known) else []
         rows = iter(rows)
-        return [dict(zip(self.item_ids, next(rows).tolist())) if h else {} for h in known]
+        return [ItemLogProbs(self._items, next(rows)) if h else NO_OPINION for h in known]
 
     def rank_batch(self, histories: list[tuple[str, ...]], k: int, excludes: list[set[str]]) -> list[list[tuple[str, float]]]:
         scores = self.score_batch(histories)

@@ -8,7 +8,7 @@ import torch
 from hatllm.core.catalog import ModelCatalog
 from hatllm.core.trie import ROOT
 from hatllm.reference.modeling import forward, logits
-from hatllm.reference.search import constrained_beam_search
+from hatllm.reference.search import constrained_beam_search, renormalised
 from tests.helpers import TITLES
 
 HISTORY = ["Heat (1995)", "Casino (1995)"]
@@ -112,3 +112,14 @@ def test_forced_tokens_take_no_model_step(hat_model, builder, trie):
 def test_nothing_allowed_gives_empty_result(hat_model, builder, trie):
     result = constrained_beam_search(hat_model, builder.prompt(HISTORY), trie.view(allow=[]), 5, 5)
     assert result.items == [] and result.available == 0 and result.model_steps == 0
+
+
+def test_renormalised_best_keeps_every_token_tied_with_the_last_kept():
+    logits_ = torch.tensor([0.0, 3.0, 1.0, 3.0, 2.0, 1.0, -1.0])
+    allowed = [6, 5, 4, 3, 2, 1]
+    full = renormalised(logits_, allowed, {tok: 0.5 * tok for tok in allowed})
+    assert abs(sum(torch.tensor(list(full.values())).exp().tolist()) - 1) < 1e-6  # over the allowed tokens only
+    for best in range(1, len(allowed) + 2):
+        kept = renormalised(logits_, allowed, {tok: 0.5 * tok for tok in allowed}, best)
+        threshold = sorted(full.values(), reverse=True)[min(best, len(full)) - 1]
+        assert kept == {tok: lp for tok, lp in full.items() if lp >= threshold}  # same values, ties included

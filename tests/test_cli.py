@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,18 @@ def test_teacher_targets_are_the_teachers_scores_in_code_order(tiny_dataset, tea
     train.main(["--data", str(tiny_dataset), "--out", str(tmp_path), *TINY, "--epochs", "2", "--teacher", str(teacher),
                 "--teacher-init"])
     assert losses(tmp_path)[-1] < losses(tmp_path)[0]
+
+
+def test_the_teachers_prior_rows_are_its_log_softmax_over_one_shared_item_tuple(teacher):
+    from hatllm.sasrec import NO_OPINION, SASRecRanker
+
+    ranker = SASRecRanker.load(teacher)
+    known = tuple(ranker.item_ids[:3])
+    first, second, unknown = ranker.log_probs_batch([known, known[:1], ("never-trained",)])
+    assert first.items is second.items and list(first.items) == ranker.item_ids  # positions looked up once
+    expected = ranker.score_batch([known]).log_softmax(-1)[0].double().numpy()
+    assert np.array_equal(first.values, expected) and first.values.dtype == np.float64
+    assert unknown is NO_OPINION and len(NO_OPINION.values) == 0
 
 
 def test_teacher_init_copies_the_teachers_item_geometry(teacher, tiny_dataset):

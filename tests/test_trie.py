@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from hatllm.core.fusion import ItemPrior
+from hatllm.core.fusion import ItemLogProbs, ItemPrior
 from hatllm.core.trie import ROOT, PatchedTrie, TitleTrie
 
 CLOSE = 99
@@ -153,8 +153,9 @@ def test_fusion_masses_are_the_live_items_prior_mass(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_allowed_children_and_fusion_bias_equal_their_per_child_definitions(seed):
-    """The array shortcuts (a view's dead nodes, every child's mass at once on a flat trie) give exactly
-    what counting and summing each child gives, on a flat and a patched trie, with deny- and allow-lists."""
+    """The array shortcuts (a view's dead nodes, every child's mass at once on a flat trie) give what
+    counting and summing each child gives (the logarithm up to its last bit), on a flat and a patched trie,
+    with deny- and allow-lists."""
     rng = random.Random(seed)
     paths = random_paths(rng, 150)
     flat = build(paths)
@@ -174,5 +175,25 @@ def test_allowed_children_and_fusion_bias_equal_their_per_child_definitions(seed
                 assert view.allowed(node) == expected and view.children(node) == dict(expected)
                 if expected:
                     parent = prior.log_mass(node)
-                    assert prior.logit_bias(node) == {tok: max(-100.0, 1.5 * (prior.log_mass(child) - parent))
-                                                      for tok, child in expected}
+                    bias = prior.logit_bias(node)
+                    assert list(bias) == [tok for tok, _ in expected]
+                    assert list(bias.values()) == pytest.approx(  # numpy's and math's log may differ in the last bit
+                        [max(-100.0, 1.5 * (prior.log_mass(child) - parent)) for _, child in expected], rel=1e-12)
+
+
+def test_a_priors_item_positions_follow_the_trie_they_are_used_on():
+    """Positions of a prior's shared item tuple are cached per trie: alternating tries (whose positions
+    differ) and a fresh tuple of the same items give the masses a plain mapping gives."""
+    rng = random.Random(0)
+    paths = random_paths(rng, 100)
+    flat = build(paths)
+    patched = PatchedTrie(flat, rng.sample(sorted(paths), 10), build({"new": random_paths(rng, 1)["i0"]}))
+    items = tuple(sorted(paths)) + ("new",)
+    shared = ItemLogProbs(items, np.array([-rng.uniform(0, 8) for _ in items]))
+    for trie in (flat, patched, flat, patched):
+        view = trie.view(deny=rng.sample(sorted(paths), 15))
+        nodes = {n for item in items if item in trie for n in trie.path(item)}
+        for log_probs in (shared, ItemLogProbs(tuple(items), shared.values)):
+            prior = ItemPrior(view, log_probs, 1.0)
+            expected = ItemPrior(view, dict(zip(items, shared.values.tolist())), 1.0)
+            assert all(prior.log_mass(n) == expected.log_mass(n) for n in nodes)

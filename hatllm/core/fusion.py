@@ -15,24 +15,51 @@ equal. Items the prior does not know (added after it was trained) get its lowest
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Mapping
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from hatllm.core.trie import TitleTrie, TrieView
+from hatllm.core.trie import PatchedTrie, TitleTrie, TrieView
 
 BIAS_LIMIT = 100.0  # vLLM clamps every logit_bias value to +-100 (SamplingParams.from_optional)
 
 
+@dataclass(frozen=True, eq=False)
+class ItemLogProbs:
+    """A prior's log-probability of each item being next: `values[i]` is `items[i]`'s. A prior hands out the
+    same `items` tuple with every row, so the items' places in a trie are looked up once per trie, not per
+    request (16,859 dictionary lookups on amazon-games, millions on a large catalog)."""
+
+    items: tuple[str, ...]
+    values: np.ndarray
+
+    @classmethod
+    def from_mapping(cls, log_probs: Mapping[str, float]) -> "ItemLogProbs":
+        return cls(tuple(log_probs), np.fromiter(log_probs.values(), float, len(log_probs)))
+
+
+_POSITIONS: WeakKeyDictionary = WeakKeyDictionary()  # trie -> (items, their positions in it): the last prior's
+
+
+def _positions(trie: TitleTrie | PatchedTrie, items: tuple[str, ...]) -> np.ndarray:
+    cached = _POSITIONS.get(trie)
+    if cached is None or cached[0] is not items:
+        cached = _POSITIONS[trie] = (items, trie.positions(items))
+    return cached[1]
+
+
 class ItemPrior:
-    def __init__(self, view: TrieView, log_probs: Mapping[str, float], weight: float):
+    def __init__(self, view: TrieView, log_probs: ItemLogProbs | Mapping[str, float], weight: float):
         trie = view.trie
         self.trie, self.view, self.weight = trie, view, weight
-        items = list(log_probs)
-        values = np.fromiter(log_probs.values(), float, len(items))
-        floor, top = (values.min(), values.max()) if len(items) else (0.0, 0.0)  # shift before exp: representable
+        if not isinstance(log_probs, ItemLogProbs):
+            log_probs = ItemLogProbs.from_mapping(log_probs)
+        values = log_probs.values
+        floor, top = (values.min(), values.max()) if len(values) else (0.0, 0.0)  # shift before exp: representable
         masses = np.full(len(trie.item_order), math.exp(floor - top))  # as arrays: a catalog of millions
-        at = trie.positions(items)
+        at = _positions(trie, log_probs.items)
         masses[at[at >= 0]] = np.exp(values[at >= 0] - top)
         masses[~view.live_positions()] = 0.0
         self._cumulative = np.r_[0.0, np.cumsum(masses)]
@@ -50,10 +77,12 @@ class ItemPrior:
         allowed = self.view.allowed(node)
         if isinstance(self.trie, TitleTrie):  # one span per node: every child's mass in one array operation
             starts, ends = self.trie.span_arrays([child for _, child in allowed])
-            masses = (self._cumulative[ends] - self._cumulative[starts]).tolist()
+            masses = self._cumulative[ends] - self._cumulative[starts]
         else:
-            masses = [self._mass(child) for _, child in allowed]
-        return {tok: max(-BIAS_LIMIT, self.weight * (_log(mass) - parent)) for (tok, _), mass in zip(allowed, masses)}
+            masses = np.array([self._mass(child) for _, child in allowed])
+        with np.errstate(divide="ignore"):  # a child without mass: log 0 = -inf, clamped below
+            bias = np.maximum(-BIAS_LIMIT, self.weight * (np.log(masses) - parent))
+        return dict(zip([tok for tok, _ in allowed], bias.tolist()))
 
 
 def _log(mass: float) -> float:

@@ -15,12 +15,19 @@ from hatllm.core.trie import TrieView
 from hatllm.reference.modeling import forward, logits
 
 
-def renormalised(next_logits: torch.Tensor, allowed: list[int], bias: dict[int, float] | None = None) -> dict[int, float]:
-    """Log-probabilities of the allowed tokens under the distribution restricted to them (after `bias`)."""
+def renormalised(next_logits: torch.Tensor, allowed: list[int], bias: dict[int, float] | None = None,
+                 best: int | None = None) -> dict[int, float]:
+    """Log-probabilities of the allowed tokens under the distribution restricted to them (after `bias`);
+    with `best`, only the tokens that score at least the `best`-th highest (ties kept: the search breaks
+    them by token), as many as the search reads, not every code of a large catalog."""
     scores = next_logits[allowed]
     if bias is not None:
         scores = scores + torch.tensor([bias[tok] for tok in allowed], dtype=scores.dtype, device=scores.device)
-    return dict(zip(allowed, scores.log_softmax(-1).tolist()))
+    log_probs = scores.log_softmax(-1)
+    if best is None or best >= len(allowed):
+        return dict(zip(allowed, log_probs.tolist()))
+    kept = (log_probs >= log_probs.topk(best).values[-1]).nonzero()[:, 0]
+    return dict(zip([allowed[i] for i in kept.tolist()], log_probs[kept].tolist()))
 
 
 @torch.no_grad()
@@ -52,6 +59,6 @@ def constrained_beam_search(model, prompt: list[int], view: TrieView, num_items:
                 hidden = forward(model, torch.tensor([prompt + list(beam.tokens)], device=model.device), cache=cache).hidden
                 next_logits = logits(model, hidden[0, -1])
                 cache.crop(len(prompt))
-            answers.append(renormalised(next_logits, search.allowed_tokens(beam), search.logit_bias(beam)))
+            answers.append(renormalised(next_logits, search.allowed_tokens(beam), search.logit_bias(beam), search.beam_width))
         search.advance(answers)
     return search.result()
