@@ -173,9 +173,14 @@ def test_recipe_trains_teacher_student_and_fusion(tiny_dataset, tmp_path):
     assert weight == record["fusion_weight"] and prior.item_ids == sorted(prior.item_ids)
     assert ItemCodes.load(out) is not None and (out / "teacher" / "sasrec.pt").is_file()
     teacher_trained = (out / "teacher" / "sasrec.pt").stat().st_mtime
+    # As after a 7-minute student killed before the record was written: the rerun still counts its minutes.
+    (out / "recipe.json").unlink()
+    state = torch.load(out / train.STATE_FILE, weights_only=False)
+    torch.save(state | {"seconds": 420.0}, out / train.STATE_FILE)
     recipe.main(args)  # a rerun reuses the teacher and resumes the (finished) student
     assert (out / "teacher" / "sasrec.pt").stat().st_mtime == teacher_trained
     assert len(losses(out)) == 2
+    assert json.loads((out / "recipe.json").read_text())["student_minutes"] == 7.0
     result = evaluate.main(["--data", str(tiny_dataset), "--method", "llm", "--model", str(out), "--k", "3"])
     assert result["invalid_outputs"] == 0 and result["fusion_weight"] == weight
 

@@ -53,11 +53,11 @@ def main(argv: list[str] | None = None) -> Path:
         record["teacher_minutes"] = round((time.time() - started) / 60, 1)
         out.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps(record, indent=1))
-    started = time.time()
     student_minutes = args.minutes - record.get("teacher_minutes", 0.0) - args.tune_minutes
     train.main([*common, "--out", str(out), "--schedule", args.schedule, "--teacher", str(teacher), "--teacher-init",
                 "--max-minutes", str(student_minutes), "--resume", *STUDENT_DEFAULTS, *student_args])
-    record["student_minutes"] = round(record.get("student_minutes", 0.0) + (time.time() - started) / 60, 1)
+    # the student's own count of its epochs' minutes: it survives a kill and a resume, a wall clock here would not
+    record["student_minutes"] = json.loads((out / "training.json").read_text())["minutes"]
     started = time.time()
     record["fusion_weight"] = tune_fusion.main(["--data", args.data, "--model", str(out), "--prior", str(teacher),
                                                 "--users", str(args.tune_users), "--threads", str(args.threads)])
