@@ -31,11 +31,13 @@ for seed in $seeds; do
     [ -f "$out/$label-s$seed.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" --no-fusion \
       --name "$label s$seed" --out "$out/$label-s$seed.json"
     fused=$out/$label+sasrec-s$seed.json
-    if [ ! -f "$fused" ] && $py -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["weight"] == 0)' "$dir/fusion.json"; then
-      $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" --name "$label+sasrec s$seed" --out "$fused"
-    elif [ ! -f "$fused" ]; then  # tuned weight 0: the fused pipeline is the LLM alone, evaluated above
-      $py -c 'import json, sys; r = json.load(open(sys.argv[1])); r["method"] = sys.argv[3]; json.dump(r, open(sys.argv[2], "w"), indent=1)' \
-        "$out/$label-s$seed.json" "$fused" "$label+sasrec s$seed"
+    if [ ! -f "$fused" ]; then
+      if $py -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["weight"] == 0)' "$dir/fusion.json"; then
+        $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" --name "$label+sasrec s$seed" --out "$fused"
+      else  # tuned weight 0: the fused pipeline is the LLM alone, evaluated above
+        $py -c 'import json, sys; r = json.load(open(sys.argv[1])); r["method"] = sys.argv[3]; json.dump(r, open(sys.argv[2], "w"), indent=1)' \
+          "$out/$label-s$seed.json" "$fused" "$label+sasrec s$seed"
+      fi
     fi
   done
 done
