@@ -13,7 +13,8 @@ Why this is fast on vLLM 0.32 although each beam step is a new request:
   block: a beam request computes only its new tokens;
 - all beams of a round, and the rounds of all concurrent searches, are submitted together, so the engine
   batches them into the same steps;
-- a request carries only what the sampler needs (no detokenization, final output only).
+- a request carries only what the sampler needs (no detokenization, final output only), and its sampling
+  parameters are not deep-copied by vLLM (the root's allowed list holds every code: ~2 ms to copy).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class EngineTopK:
         params = SamplingParams(
             max_tokens=1, temperature=0.0, allowed_token_ids=allowed, logprobs=search.beam_width,
             logit_bias=search.logit_bias(beam), detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
+            skip_clone=True,  # built per request and never reused: vLLM's deep copy of it costs 1-3 ms a request
         )
         request_id = f"topk-{next(self._ids)}"
         final = None

@@ -1,0 +1,101 @@
+"""What one engine request costs by its shape: where a scoring round's time goes at concurrency 1.
+
+    python -m benchmarks.request_overhead                    # default model and dataset
+    python -m benchmarks.request_overhead --model runs/ml-1m/student --data ../shared/datasets/ml-1m
+
+One patched vLLM engine, as served (fp32, worker in the engine-core process, both cores). Each test-split
+prompt (20 history items, seen excluded as served) is prefilled once, then every request shape runs
+on it in turn, the order rotating per prompt so that the machine's drift falls on every shape alike:
+  plain            the cached prompt, one token, nothing else
+  logprobs         + the top `k` log-probabilities
+  root             + `allowed_token_ids` = the trie root's children (every live code: the first round of
+                   every recommendation), as `EngineTopK` sends it
+  root deep-copied the same with vLLM's deep copy of the sampling parameters (`skip_clone=False`,
+                   vLLM's default, which `EngineTopK` turns off)
+  10 beams         ten requests at once, the prompt plus one root token each, 50 allowed tokens: a later
+                   round of a search with beam width 10
+Reports each shape's median and p90 round-trip time. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+from vllm import SamplingParams  # noqa: E402
+from vllm.sampling_params import RequestOutputKind  # noqa: E402
+
+from hatllm.core.catalog import ModelCatalog  # noqa: E402
+from hatllm.core.trie import ROOT  # noqa: E402
+from hatllm.data import leave_one_out, load_dataset  # noqa: E402
+from model_patch.engine_topk import engine_args, start_engine  # noqa: E402
+from service.engine import cpu_bind  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+HISTORY = 20  # the service's default max_history
+
+
+def params(k: int, allowed: list[int] | None = None, logprobs: bool = True, skip_clone: bool = True) -> SamplingParams:
+    return SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=allowed, logprobs=k if logprobs else None,
+                          detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY, skip_clone=skip_clone)
+
+
+async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    dataset = load_dataset(args.data)
+    split = leave_one_out(dataset, 50)
+    catalog = ModelCatalog.for_checkpoint(args.model, dataset.catalog.titles, split.popularity())
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind("all"))
+    engine = start_engine(engine_args(args.model, dtype="float32", max_model_len=2048, block_size=16, enforce_eager=True,
+                                      distributed_executor_backend="uni", disable_log_stats=True))
+    request_ids = iter(range(1 << 62))
+
+    async def send(prompt: list[int], sampling: SamplingParams) -> None:
+        async for _ in engine.generate({"prompt_token_ids": prompt}, sampling, f"r{next(request_ids)}"):
+            pass
+
+    def shapes(prompt: list[int], root: list[int]):
+        yield "plain", lambda: send(prompt, params(args.k, logprobs=False))
+        yield "logprobs", lambda: send(prompt, params(args.k))
+        yield "root", lambda: send(prompt, params(args.k, root))
+        yield "root deep-copied", lambda: send(prompt, params(args.k, root, skip_clone=False))
+        yield "10 beams", lambda: asyncio.gather(*(send(prompt + [token], params(args.k, root[:50])) for token in root[:10]))
+
+    times: dict[str, list[float]] = {}
+    try:
+        for n, example in enumerate(split.test[: args.prompts]):
+            prompt = catalog.prompt(list(example.history)[-HISTORY:])
+            root = [token for token, _ in catalog.trie.view(deny=sorted(example.seen)).allowed(ROOT)]
+            await send(prompt, params(args.k))  # prefilled, so every shape below finds it cached
+            order = list(shapes(prompt, root))
+            for name, run in order[n % len(order):] + order[: n % len(order)]:
+                started = time.perf_counter()
+                await run()
+                times.setdefault(name, []).append(1000 * (time.perf_counter() - started))
+    finally:
+        engine.shutdown()
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(REPO / "models" / "ml-latest-small-hat"))
+    p.add_argument("--data", default=str(REPO / "data" / "ml-latest-small"))
+    p.add_argument("--prompts", type=int, default=300)
+    p.add_argument("--k", type=int, default=10)
+    args = p.parse_args()
+    times = asyncio.run(measure(args))
+    warm = 10  # the first prompts warm the engine's allocations
+    print("| request shape | requests | median ms | p90 ms |\n|---|---|---|---|")
+    for name, ms in times.items():
+        ms = sorted(ms[warm:])
+        print(f"| {name} | {len(ms)} | {statistics.median(ms):.1f} | {ms[int(0.9 * (len(ms) - 1))]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
