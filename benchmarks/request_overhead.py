@@ -6,14 +6,17 @@
 One patched vLLM engine, as served (fp32, worker in the engine-core process, both cores). Each test-split
 prompt (20 history items, seen excluded as served) is prefilled once, then every request shape runs
 on it in turn, the order rotating per prompt so that the machine's drift falls on every shape alike:
-  plain            the cached prompt, one token, nothing else
-  logprobs         + the top `k` log-probabilities
-  root             + `allowed_token_ids` = the trie root's children (every live code: the first round of
-                   every recommendation), as `EngineTopK` sends it
-  root deep-copied the same with vLLM's deep copy of the sampling parameters (`skip_clone=False`,
-                   vLLM's default, which `EngineTopK` turns off)
-  10 beams         ten requests at once, the prompt plus one root token each, 50 allowed tokens: a later
-                   round of a search with beam width 10
+  plain                  the cached prompt, one token, nothing else
+  logprobs               + the top `k` log-probabilities
+  root                   + the trie root's children allowed (every live code: the first round of every
+                         recommendation), packed for `model_patch.trie_mask`, as `EngineTopK` sends it
+  root, vLLM list        the same as vLLM's own `allowed_token_ids`
+  root, vLLM deep-copied the same with vLLM's deep copy of the sampling parameters (`skip_clone=False`,
+                         vLLM's default, which `EngineTopK` turns off)
+  root fused             root + a fusion bias per allowed token, packed
+  root fused, vLLM dict  the same as vLLM's `allowed_token_ids` and `logit_bias`
+  10 beams               ten requests at once, the prompt plus one root token each, 50 allowed tokens: a
+                         later round of a search with beam width 10
 Reports each shape's median and p90 round-trip time. Run it on an otherwise idle machine.
 """
 
@@ -22,12 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import time
 from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
+import numpy as np  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402
 
@@ -35,15 +40,20 @@ from hatllm.core.catalog import ModelCatalog  # noqa: E402
 from hatllm.core.trie import ROOT  # noqa: E402
 from hatllm.data import leave_one_out, load_dataset  # noqa: E402
 from model_patch.engine_topk import engine_args, start_engine  # noqa: E402
+from model_patch.trie_mask import trie_mask_args  # noqa: E402
 from service.engine import cpu_bind  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = 20  # the service's default max_history
 
 
-def params(k: int, allowed: list[int] | None = None, logprobs: bool = True, skip_clone: bool = True) -> SamplingParams:
-    return SamplingParams(max_tokens=1, temperature=0.0, allowed_token_ids=allowed, logprobs=k if logprobs else None,
-                          detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY, skip_clone=skip_clone)
+def params(k: int | None, skip_clone: bool = True, **constraint) -> SamplingParams:
+    return SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False,
+                          output_kind=RequestOutputKind.FINAL_ONLY, skip_clone=skip_clone, **constraint)
+
+
+def packed(allowed: list[int], bias: list[float] | None = None) -> dict:
+    return {"extra_args": trie_mask_args(np.array(allowed, np.int32), None if bias is None else np.array(bias))}
 
 
 async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
@@ -54,24 +64,30 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     engine = start_engine(engine_args(args.model, dtype="float32", max_model_len=2048, block_size=16, enforce_eager=True,
                                       distributed_executor_backend="uni", disable_log_stats=True))
     request_ids = iter(range(1 << 62))
+    rng = random.Random(0)
 
     async def send(prompt: list[int], sampling: SamplingParams) -> None:
         async for _ in engine.generate({"prompt_token_ids": prompt}, sampling, f"r{next(request_ids)}"):
             pass
 
     def shapes(prompt: list[int], root: list[int]):
-        yield "plain", lambda: send(prompt, params(args.k, logprobs=False))
-        yield "logprobs", lambda: send(prompt, params(args.k))
-        yield "root", lambda: send(prompt, params(args.k, root))
-        yield "root deep-copied", lambda: send(prompt, params(args.k, root, skip_clone=False))
-        yield "10 beams", lambda: asyncio.gather(*(send(prompt + [token], params(args.k, root[:50])) for token in root[:10]))
+        k = args.k
+        bias = [-rng.uniform(0, 10) for _ in root]
+        yield "plain", lambda: send(prompt, params(None))
+        yield "logprobs", lambda: send(prompt, params(k))
+        yield "root", lambda: send(prompt, params(k, **packed(root)))
+        yield "root, vLLM list", lambda: send(prompt, params(k, allowed_token_ids=root))
+        yield "root, vLLM deep-copied", lambda: send(prompt, params(k, skip_clone=False, allowed_token_ids=root))
+        yield "root fused", lambda: send(prompt, params(k, **packed(root, bias)))
+        yield "root fused, vLLM dict", lambda: send(prompt, params(k, allowed_token_ids=root, logit_bias=dict(zip(root, bias))))
+        yield "10 beams", lambda: asyncio.gather(*(send(prompt + [token], params(k, **packed(root[:50]))) for token in root[:10]))
 
     times: dict[str, list[float]] = {}
     try:
         for n, example in enumerate(split.test[: args.prompts]):
             prompt = catalog.prompt(list(example.history)[-HISTORY:])
             root = [token for token, _ in catalog.trie.view(deny=sorted(example.seen)).allowed(ROOT)]
-            await send(prompt, params(args.k))  # prefilled, so every shape below finds it cached
+            await send(prompt, params(None))  # prefilled, so every shape below finds it cached
             order = list(shapes(prompt, root))
             for name, run in order[n % len(order):] + order[: n % len(order)]:
                 started = time.perf_counter()

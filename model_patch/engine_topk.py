@@ -1,10 +1,11 @@
 """Catalog-constrained top-K on the (patched) vLLM engine: `hatllm.core.search` driven by vLLM requests.
 
 Each scoring round of a search sends every active beam to the engine as one request of one token:
-the prompt plus the beam's tokens, `allowed_token_ids` = the trie's live children at the beam's node,
+the prompt plus the beam's tokens, the trie's live children at the beam's node as its allowed tokens
+(with their fusion biases, if any; packed for `model_patch.trie_mask`, the engine's logits processor),
 and `logprobs = beam_width`. The engine runs with `logprobs_mode="processed_logprobs"`, so the returned
-log-probabilities are taken after the allowed-token mask, i.e. renormalised over the allowed tokens
-exactly as the reference search does.
+log-probabilities are taken after the mask, i.e. renormalised over the allowed tokens exactly as the
+reference search does.
 
 Why this is fast on vLLM 0.32 although each beam step is a new request:
 - the tokens the trie forces cost no request at all (`TrieBeamSearch` appends them);
@@ -13,8 +14,8 @@ Why this is fast on vLLM 0.32 although each beam step is a new request:
   block: a beam request computes only its new tokens;
 - all beams of a round, and the rounds of all concurrent searches, are submitted together, so the engine
   batches them into the same steps;
-- a request carries only what the sampler needs (no detokenization, final output only), and its sampling
-  parameters are not deep-copied by vLLM (the root's allowed list holds every code: ~2 ms to copy).
+- a request carries only what the sampler needs (no detokenization, final output only), its allowed
+  tokens and biases as packed arrays, and its sampling parameters are not deep-copied by vLLM.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import itertools
 from typing import Any
 
+import numpy as np
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.sampling_params import RequestOutputKind
@@ -33,12 +35,14 @@ from hatllm.core.search import MAX_BEAM_WIDTH, Beam, SearchResult, TrieBeamSearc
 from hatllm.core.trie import TrieView
 from model_patch.kernels import hat_attention_ops
 from model_patch.kv_tail import DEFAULT_MAX_TAILS, kv_tail_transfer_config
+from model_patch.trie_mask import PROCESSOR, trie_mask_args
 
 # Engine settings the search depends on; everything else (dtype, KV cache, parallelism) is the caller's.
 REQUIRED_ENGINE_ARGS = dict(
     logprobs_mode="processed_logprobs",
     max_logprobs=MAX_BEAM_WIDTH,
     enable_prefix_caching=True,
+    logits_processors=[PROCESSOR],
 )
 
 
@@ -90,17 +94,16 @@ class EngineTopK:
         return search.result()
 
     async def _score(self, prompt: list[int], beam: Beam, search: TrieBeamSearch) -> dict[int, float]:
-        allowed = search.allowed_tokens(beam)
+        allowed = np.array(search.allowed_tokens(beam), np.int32)
         params = SamplingParams(
-            max_tokens=1, temperature=0.0, allowed_token_ids=allowed, logprobs=search.beam_width,
-            logit_bias=search.logit_bias(beam), detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
+            max_tokens=1, temperature=0.0, logprobs=search.beam_width,
+            extra_args=trie_mask_args(allowed, search.logit_bias(beam)),
+            detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
             skip_clone=True,  # built per request and never reused: vLLM's deep copy of it costs 1-3 ms a request
         )
         request_id = f"topk-{next(self._ids)}"
         final = None
         async for output in self.engine.generate({"prompt_token_ids": prompt + list(beam.tokens)}, params, request_id):
             final = output
-        top = final.outputs[0].logprobs[0]
-        allowed_set = set(allowed)
         # With fewer allowed tokens than `logprobs`, the top list also holds masked tokens (-inf): drop them.
-        return {tok: lp.logprob for tok, lp in top.items() if tok in allowed_set}
+        return {tok: lp.logprob for tok, lp in final.outputs[0].logprobs[0].items() if lp.logprob > -np.inf}

@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,9 +118,10 @@ def test_nothing_allowed_gives_empty_result(hat_model, builder, trie):
 def test_renormalised_best_keeps_every_token_tied_with_the_last_kept():
     logits_ = torch.tensor([0.0, 3.0, 1.0, 3.0, 2.0, 1.0, -1.0])
     allowed = [6, 5, 4, 3, 2, 1]
-    full = renormalised(logits_, allowed, {tok: 0.5 * tok for tok in allowed})
+    bias = np.array([0.5 * tok for tok in allowed])  # in allowed order
+    full = renormalised(logits_, allowed, bias)
     assert abs(sum(torch.tensor(list(full.values())).exp().tolist()) - 1) < 1e-6  # over the allowed tokens only
     for best in range(1, len(allowed) + 2):
-        kept = renormalised(logits_, allowed, {tok: 0.5 * tok for tok in allowed}, best)
+        kept = renormalised(logits_, allowed, bias, best)
         threshold = sorted(full.values(), reverse=True)[min(best, len(full)) - 1]
         assert kept == {tok: lp for tok, lp in full.items() if lp >= threshold}  # same values, ties included

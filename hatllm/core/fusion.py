@@ -7,7 +7,7 @@ logit plus ``weight`` times the prior's log-probability of the item; where a bra
 code, a title prefix), the prior speaks for all of them at once. Items are numbered in trie order, so
 each subtree's mass is one difference of prefix sums: O(1) per child.
 
-The same bias is what a vLLM request carries as ``logit_bias``: the engine applies it before the allowed
+The same bias goes with a vLLM request (`model_patch.trie_mask`): the engine adds it before the allowed
 tokens are renormalised (``processed_logprobs``), so the engine search and the reference search stay
 equal. Items the prior does not know (added after it was trained) get its lowest log-probability.
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 from hatllm.core.trie import PatchedTrie, TitleTrie, TrieView
 
-BIAS_LIMIT = 100.0  # vLLM clamps every logit_bias value to +-100 (SamplingParams.from_optional)
+BIAS_LIMIT = 100.0  # as vLLM clamps a request's logit_bias: a child the prior gives no mass stays reachable
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,9 +70,9 @@ class ItemPrior:
     def log_mass(self, node: int) -> float:
         return _log(self._mass(node))
 
-    def logit_bias(self, node: int) -> dict[int, float]:
-        """Token -> bias for the allowed children of `node`: `weight` x the log of the share of the node's
-        live mass under each child (<= 0), clamped as vLLM clamps ``logit_bias``."""
+    def logit_bias(self, node: int) -> np.ndarray:
+        """The bias of each allowed child of `node`, in `view.allowed(node)` order: `weight` x the log of the
+        share of the node's live mass under each child (<= 0), clamped (a child without mass stays allowed)."""
         parent = self.log_mass(node)
         allowed = self.view.allowed(node)
         if isinstance(self.trie, TitleTrie):  # one span per node: every child's mass in one array operation
@@ -82,7 +82,7 @@ class ItemPrior:
             masses = np.array([self._mass(child) for _, child in allowed])
         with np.errstate(divide="ignore"):  # a child without mass: log 0 = -inf, clamped below
             bias = np.maximum(-BIAS_LIMIT, self.weight * (np.log(masses) - parent))
-        return dict(zip([tok for tok, _ in allowed], bias.tolist()))
+        return bias
 
 
 def _log(mass: float) -> float:

@@ -26,6 +26,8 @@ import heapq
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from hatllm.core.fusion import ItemPrior
 from hatllm.core.trie import ROOT, TrieView
 
@@ -74,8 +76,9 @@ class TrieBeamSearch:
     def allowed_tokens(self, beam: Beam) -> list[int]:
         return [tok for tok, _ in self.view.allowed(beam.node)]
 
-    def logit_bias(self, beam: Beam) -> dict[int, float] | None:
-        """What to add to the model's logits of the allowed tokens before renormalising (fusion)."""
+    def logit_bias(self, beam: Beam) -> np.ndarray | None:
+        """What to add to the model's logits of the allowed tokens (in `allowed_tokens` order) before
+        renormalising (fusion)."""
         return self.prior.logit_bias(beam.node) if self.prior is not None else None
 
     def advance(self, logprobs: Sequence[Mapping[int, float]]) -> None:

@@ -6,6 +6,7 @@ engine (`model_patch.engine_topk`), and the tests check that both give the same 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -15,14 +16,15 @@ from hatllm.core.trie import TrieView
 from hatllm.reference.modeling import forward, logits
 
 
-def renormalised(next_logits: torch.Tensor, allowed: list[int], bias: dict[int, float] | None = None,
+def renormalised(next_logits: torch.Tensor, allowed: list[int], bias: np.ndarray | None = None,
                  best: int | None = None) -> dict[int, float]:
-    """Log-probabilities of the allowed tokens under the distribution restricted to them (after `bias`);
+    """Log-probabilities of the allowed tokens under the distribution restricted to them (after `bias`,
+    one value per allowed token);
     with `best`, only the tokens that score at least the `best`-th highest (ties kept: the search breaks
     them by token), as many as the search reads, not every code of a large catalog."""
     scores = next_logits[allowed]
     if bias is not None:
-        scores = scores + torch.tensor([bias[tok] for tok in allowed], dtype=scores.dtype, device=scores.device)
+        scores = scores + torch.as_tensor(bias, device=scores.device).to(scores.dtype)
     log_probs = scores.log_softmax(-1)
     if best is None or best >= len(allowed):
         return dict(zip(allowed, log_probs.tolist()))
