@@ -83,6 +83,7 @@ class EngineTopK:
 
     def __init__(self, engine: AsyncLLM):
         self.engine = engine
+        self.vocab_size = engine.model_config.get_vocab_size()
         self._ids = itertools.count()
 
     async def search(self, prompt: list[int], view: TrieView, num_items: int, beam_width: int | None = None,
@@ -95,6 +96,9 @@ class EngineTopK:
 
     async def _score(self, prompt: list[int], beam: Beam, search: TrieBeamSearch) -> dict[int, float]:
         allowed = np.array(search.allowed_tokens(beam), np.int32)
+        if allowed.max() >= self.vocab_size:  # checked here: in the engine's logits processor it would stop the engine
+            raise ValueError(f"the catalog's tokens reach {allowed.max()}, beyond the model's vocabulary of {self.vocab_size}: "
+                             "is the tokenizer the checkpoint's?")
         params = SamplingParams(
             max_tokens=1, temperature=0.0, logprobs=search.beam_width,
             extra_args=trie_mask_args(allowed, search.logit_bias(beam)),

@@ -8,10 +8,12 @@ import asyncio
 import os
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
 from hatllm.core.catalog import ModelCatalog
+from hatllm.core.trie import TitleTrie
 from hatllm.reference.modeling import forward, load_model, logits
 from hatllm.reference.search import constrained_beam_search
 from tests.helpers import TITLES, require
@@ -91,6 +93,15 @@ def test_beam_width_out_of_range_is_refused(engine_search, builder, trie):
     run, topk = engine_search
     with pytest.raises(ValueError, match="beam_width"):
         run(topk.search(builder.prompt([TITLES["1"]]), trie.view(), 5, beam_width=101))
+
+
+def test_tokens_beyond_the_models_vocabulary_are_refused_before_the_engine(engine_search, builder, trie):
+    """A catalog tokenized with another tokenizer: a clear error, and the engine keeps serving."""
+    run, topk = engine_search
+    beyond = TitleTrie(["a", "b"], np.array([topk.vocab_size, 1, topk.vocab_size + 1, 1]), np.array([2, 2]))
+    with pytest.raises(ValueError, match="vocabulary"):
+        run(topk.search(builder.prompt([TITLES["1"]]), beyond.view(), 2))
+    assert len(run(topk.search(builder.prompt([TITLES["1"]]), trie.view(), 3)).items) == 3
 
 
 def test_worker_runs_inside_the_engine_core(engine_search):
