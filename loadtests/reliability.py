@@ -392,7 +392,7 @@ def exclude_seen(workdir: Path) -> dict:
 
 def shutdown(workdir: Path) -> dict:
     """SIGTERM with 16 requests in flight: they finish, new connections are refused, exit in bound."""
-    with running_service(workdir, hatrec_max_in_flight=16) as (url, process):  # all 16 admitted
+    with running_service(workdir, hatrec_max_in_flight=16, hatrec_admission_tolerance=0) as (url, process):  # all 16 admitted
         async def scenario():
             async with httpx.AsyncClient(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
                 in_flight = [asyncio.create_task(recommend(client, str(u))) for u in range(1, 17)]
@@ -493,9 +493,9 @@ def main() -> int:
                                         "all"])
     p.add_argument("--sustainable-rps", type=float, default=6.0, help="recommendations/s the service holds (docs/operations.md)")
     p.add_argument("--max-in-flight", type=int, default=6, help="HATREC_MAX_IN_FLIGHT for the overload run")
-    p.add_argument("--admission-tolerance", type=float, default=0.0,
-                   help="HATREC_ADMISSION_TOLERANCE for the overload run (0, the service's default: a fixed bound at "
-                        "--max-in-flight)")
+    p.add_argument("--admission-tolerance", type=float, default=2.0,
+                   help="HATREC_ADMISSION_TOLERANCE for the overload run (2, the service's default: adaptive; "
+                        "0: a fixed bound at --max-in-flight)")
     p.add_argument("--engine-cpu-bind", help="HATREC_ENGINE_CPU_BIND for the overload run (default: the service's)")
     p.add_argument("--fuzz-examples", type=int, default=200)
     p.add_argument("--out", help="write the figures here (JSON)")

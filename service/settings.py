@@ -54,10 +54,11 @@ class Settings(BaseSettings):
                                 "per CPU core this process may use, the concurrency 2 cores sustain with the small "
                                 "model, docs/operations.md)")
     admission_tolerance: float = Field(
-        0.0, ge=0, description="0: max_in_flight is a fixed bound. Above 0 (e.g. 2), the bound drops below it while "
-                               "decodes take longer than this many times the 90th percentile of decodes that ran "
-                               "alone, and rises again when requests are refused: a tighter tail under overload for "
-                               "some refusals at normal load (service/admission.py, docs/operations.md)")
+        2.0, ge=0, description="the bound drops below max_in_flight while decodes take longer than this many times "
+                               "the 90th percentile of decodes that ran alone (measured at start, then as it runs), "
+                               "and rises again when requests are refused: the admitted tail holds at 3x overload "
+                               "for a few refusals at normal load. 0: max_in_flight is a fixed bound (the most "
+                               "throughput under overload, a longer tail; service/admission.py, docs/operations.md)")
     request_timeout_s: float = Field(10.0, gt=0, description="a recommendation taking longer gets 503")
     redis_timeout_s: float = Field(1.0, gt=0, description="socket timeout of every Redis call")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")

@@ -73,7 +73,7 @@ def server(redis_server, raw_redis, hat_checkpoint):
     settings = Settings(redis_url=redis_server.url, redis_cluster=redis_server.cluster, model_path=str(hat_checkpoint),
                         dataset=None, kv_cache_gib=1,
                         max_model_len=256, catalog_poll_s=0.2, redis_timeout_s=0.5,
-                        max_in_flight=64)  # tests of shedding fill it
+                        max_in_flight=64, admission_tolerance=0)  # a fixed bound: tests of shedding fill it
     app = create_app(settings)
     port = free_port()
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -90,11 +90,13 @@ def test_redis_password_from_a_file(tmp_path):
 
 
 def test_in_flight_bound_is_sized_for_the_machine(hat_checkpoint):
+    """A ceiling per core, under which the bound adapts to the decodes measured on this machine."""
     from service.services import Services
     from service.settings import IN_FLIGHT_PER_CORE
 
     services = Services(Settings(redis_url="redis://127.0.0.1:1/0", model_path=str(hat_checkpoint)))
     assert services.settings.max_in_flight == IN_FLIGHT_PER_CORE * len(os.sched_getaffinity(0))
+    assert services.recommender.admission.tolerance > 0  # adaptive by default (docs/operations.md)
     assert Services(Settings(redis_url="redis://127.0.0.1:1/0", model_path=str(hat_checkpoint),
                              max_in_flight=5)).settings.max_in_flight == 5
 
