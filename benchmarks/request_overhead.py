@@ -32,7 +32,6 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-import numpy as np  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 from vllm.sampling_params import RequestOutputKind  # noqa: E402
 
@@ -53,7 +52,7 @@ def params(k: int | None, skip_clone: bool = True, **constraint) -> SamplingPara
 
 
 def packed(allowed: list[int], bias: list[float] | None = None) -> dict:
-    return {"extra_args": trie_mask_args(np.array(allowed, np.int32), None if bias is None else np.array(bias))}
+    return {"extra_args": trie_mask_args(allowed, bias)}
 
 
 async def measure(args: argparse.Namespace) -> dict[str, list[float]]:

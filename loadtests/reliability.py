@@ -493,8 +493,8 @@ def main() -> int:
                                         "all"])
     p.add_argument("--sustainable-rps", type=float, default=6.0, help="recommendations/s the service holds (docs/operations.md)")
     p.add_argument("--max-in-flight", type=int, default=6, help="HATREC_MAX_IN_FLIGHT for the overload run")
-    p.add_argument("--admission-tolerance", type=float, default=2.0,
-                   help="HATREC_ADMISSION_TOLERANCE for the overload run (2, the service's default: adaptive; "
+    p.add_argument("--admission-tolerance", type=float, default=Settings.model_fields["admission_tolerance"].default,
+                   help="HATREC_ADMISSION_TOLERANCE for the overload run (default: the service's, adaptive; "
                         "0: a fixed bound at --max-in-flight)")
     p.add_argument("--engine-cpu-bind", help="HATREC_ENGINE_CPU_BIND for the overload run (default: the service's)")
     p.add_argument("--fuzz-examples", type=int, default=200)

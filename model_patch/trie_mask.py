@@ -14,6 +14,8 @@ log-probabilities renormalised over the allowed tokens, as `hatllm.reference.sea
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from vllm import SamplingParams
@@ -24,7 +26,7 @@ BIAS = "hat_bias"
 PROCESSOR = f"{__name__}:TrieMask"  # as vLLM's `logits_processors` engine argument names it
 
 
-def trie_mask_args(allowed: np.ndarray, bias: np.ndarray | None = None) -> dict[str, bytes]:
+def trie_mask_args(allowed: Sequence[int] | np.ndarray, bias: Sequence[float] | np.ndarray | None = None) -> dict[str, bytes]:
     """``extra_args`` for a request that may continue with `allowed` tokens only, each `bias` added."""
     args = {ALLOWED: np.ascontiguousarray(allowed, np.int32).tobytes()}
     if bias is not None:

@@ -81,8 +81,7 @@ class ItemPrior:
         else:
             masses = np.array([self._mass(child) for _, child in allowed])
         with np.errstate(divide="ignore"):  # a child without mass: log 0 = -inf, clamped below
-            bias = np.maximum(-BIAS_LIMIT, self.weight * (np.log(masses) - parent))
-        return bias
+            return np.maximum(-BIAS_LIMIT, self.weight * (np.log(masses) - parent))
 
 
 def _log(mass: float) -> float:
