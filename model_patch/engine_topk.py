@@ -13,7 +13,9 @@ Why this is fast on vLLM 0.32 although each beam step is a new request:
   and the tail store (`model_patch.kv_tail`, a vLLM KV connector) keeps each request's partial last
   block: a beam request computes only its new tokens;
 - all beams of a round, and the rounds of all concurrent searches, are submitted together, so the engine
-  batches them into the same steps;
+  batches them into the same steps; the engine's scheduler holds a round until all of its requests are
+  in (`model_patch.round_scheduler`), so a round is one engine step, not one for its first request and
+  another for the rest;
 - a request carries only what the sampler needs (no detokenization, final output only), its allowed
   tokens and biases as packed arrays, and its sampling parameters are not deep-copied by vLLM.
 """
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.inputs.engine import TokensInput, tokens_input
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -35,6 +38,7 @@ from hatllm.core.search import MAX_BEAM_WIDTH, Beam, SearchResult, TrieBeamSearc
 from hatllm.core.trie import TrieView
 from model_patch.kernels import hat_attention_ops
 from model_patch.kv_tail import DEFAULT_MAX_TAILS, kv_tail_transfer_config
+from model_patch.round_scheduler import SCHEDULER, round_args
 from model_patch.trie_mask import PROCESSOR, trie_mask_args
 
 # Engine settings the search depends on; everything else (dtype, KV cache, parallelism) is the caller's.
@@ -43,6 +47,7 @@ REQUIRED_ENGINE_ARGS = dict(
     max_logprobs=MAX_BEAM_WIDTH,
     enable_prefix_caching=True,
     logits_processors=[PROCESSOR],
+    scheduler_cls=SCHEDULER,
 )
 
 
@@ -85,29 +90,46 @@ class EngineTopK:
         self.engine = engine
         self.vocab_size = engine.model_config.get_vocab_size()
         self._ids = itertools.count()
+        self._rounds = itertools.count()
 
     async def search(self, prompt: list[int], view: TrieView, num_items: int, beam_width: int | None = None,
                      prior: ItemPrior | None = None) -> SearchResult:
         search = TrieBeamSearch(view, num_items, beam_width, prior)
         while not search.done:
-            answers = await asyncio.gather(*(self._score(prompt, beam, search) for beam in search.active))
-            search.advance(answers)
+            # Every request of the round is built (and checked) before the first is sent: the engine holds
+            # a round until all of it is in (`model_patch.round_scheduler`).
+            round_tag = round_args(f"r{next(self._rounds)}", len(search.active)) if len(search.active) > 1 else {}
+            requests = [self._request(prompt, beam, search, round_tag) for beam in search.active]
+            search.advance(await self._score_round(requests))
         return search.result()
 
-    async def _score(self, prompt: list[int], beam: Beam, search: TrieBeamSearch) -> dict[int, float]:
+    def _request(self, prompt: list[int], beam: Beam, search: TrieBeamSearch, round_tag: dict) -> tuple[TokensInput, SamplingParams]:
         allowed = np.array(search.allowed_tokens(beam), np.int32)
         if allowed.max() >= self.vocab_size:  # checked here: in the engine's logits processor it would stop the engine
             raise ValueError(f"the catalog's tokens reach {allowed.max()}, beyond the model's vocabulary of {self.vocab_size}: "
                              "is the tokenizer the checkpoint's?")
         params = SamplingParams(
             max_tokens=1, temperature=0.0, logprobs=search.beam_width,
-            extra_args=trie_mask_args(allowed, search.logit_bias(beam)),
+            extra_args=trie_mask_args(allowed, search.logit_bias(beam)) | round_tag,
             detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY,
             skip_clone=True,  # built per request and never reused: vLLM's deep copy of it costs 1-3 ms a request
         )
-        request_id = f"topk-{next(self._ids)}"
+        # A rendered input is processed on the event loop, not in vLLM's tokenizer thread: the round's
+        # requests leave together.
+        return tokens_input(prompt + list(beam.tokens)), params
+
+    async def _score_round(self, requests: list[tuple[TokensInput, SamplingParams]]) -> list[dict[int, float]]:
+        tasks = [asyncio.ensure_future(self._score(*request)) for request in requests]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:  # one request failed: abort the rest, so that the engine does not hold their round
+            for task in tasks:
+                task.cancel()
+            raise
+
+    async def _score(self, prompt: TokensInput, params: SamplingParams) -> dict[int, float]:
         final = None
-        async for output in self.engine.generate({"prompt_token_ids": prompt + list(beam.tokens)}, params, request_id):
+        async for output in self.engine.generate(prompt, params, f"topk-{next(self._ids)}"):
             final = output
         # With fewer allowed tokens than `logprobs`, the top list also holds masked tokens (-inf): drop them.
         return {tok: lp.logprob for tok, lp in final.outputs[0].logprobs[0].items() if lp.logprob > -np.inf}

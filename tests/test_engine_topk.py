@@ -6,6 +6,7 @@ so that their beams share engine steps. Tolerance as in test_engine (fp32, summa
 
 import asyncio
 import os
+import time
 from collections import Counter
 
 import numpy as np
@@ -76,6 +77,54 @@ def test_concurrent_searches_equal_reference(engine_search, hat_checkpoint, buil
         assert got.model_steps == ref.model_steps
         assert all(view.is_live(item) for item, _ in got.items)
         assert len({item for item, _ in got.items}) == len(got.items)
+
+
+def test_each_scoring_round_is_one_engine_step(engine_search, builder):
+    """A round's beams reach the engine one after another; the round scheduler holds them until the last is
+    in (model_patch.round_scheduler), so each round comes back as one batch of outputs (one engine step)."""
+    run, topk = engine_search
+    sequels = {str(i): f"{title} {part}" for i, (title, part) in
+               enumerate((t, p) for t in ("Toy Story", "Heat", "Emma", "Casino") for p in ("(1995)", "2 (1999)", "3 (2010)"))}
+    trie = ModelCatalog.build(builder, sequels, None).trie  # every title shares its first tokens with two others
+    processor = topk.engine.output_processor
+    batches = []
+    process_outputs = processor.process_outputs
+
+    def counted(outputs, *args, **kwargs):
+        if outputs:
+            batches.append(len(outputs))
+        return process_outputs(outputs, *args, **kwargs)
+
+    processor.process_outputs = counted  # an instance attribute over vLLM's method: counts, then calls it
+    try:
+        results = [run(topk.search(builder.prompt([TITLES[item]]), trie.view(), 8, 8)) for item in TITLES]
+    finally:
+        del processor.process_outputs
+    assert max(batches) > 1  # rounds of several beams were searched
+    assert len(batches) == sum(result.model_steps for result in results)
+
+
+def test_a_round_missing_a_request_is_released(engine_search, builder):
+    """Two requests of a round of three: the engine holds them, then answers them after MAX_HOLD_S."""
+    from model_patch.round_scheduler import MAX_HOLD_S, round_args
+
+    run, topk = engine_search
+    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, extra_args=round_args("incomplete", 3))
+    prompt = builder.prompt([TITLES["1"]])
+
+    async def answer(request_id):
+        async for output in topk.engine.generate({"prompt_token_ids": prompt}, params, request_id):
+            final = output
+        return final
+
+    async def two_of_three():
+        started = time.monotonic()
+        outputs = await asyncio.wait_for(asyncio.gather(answer("incomplete-0"), answer("incomplete-1")), 60)
+        return outputs, time.monotonic() - started
+
+    outputs, waited = run(two_of_three())
+    assert [len(output.outputs[0].token_ids) for output in outputs] == [1, 1]
+    assert waited >= MAX_HOLD_S
 
 
 def test_short_list_says_so_and_duplicates_resolved(engine_search, builder, trie):
