@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from itertools import accumulate
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_CATALOGS = ["data/ml-latest-small", "../shared/datasets/ml-latest-small", "../shared/datasets/ml-1m",
@@ -74,12 +75,17 @@ def synthetic_dataset(size: int, folder: Path) -> Path:
     shutil.copy(BASE_DATA / "ratings.csv", folder / "ratings.csv")
     with open(BASE_DATA / "movies.csv", newline="") as f:
         rows = list(csv.reader(f))
-    sample = title_model()
     with open(folder / "movies.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerows(rows)
-        writer.writerows([SYNTHETIC_IDS_FROM + i, sample(), "(no genres listed)"] for i in range(max(0, size - len(rows) + 1)))
+        writer.writerows([item, title, "(no genres listed)"] for item, title in synthetic_items(max(0, size - len(rows) + 1)))
     return folder
+
+
+def synthetic_items(count: int) -> Iterator[tuple[str, str]]:
+    """(item id, title) of `count` synthetic items: the same items at every call."""
+    sample = title_model()
+    return ((str(SYNTHETIC_IDS_FROM + i), sample()) for i in range(count))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-from benchmarks.catalog_scale import BASE_DATA, DEFAULT_MODEL, SYNTHETIC_IDS_FROM, title_model  # noqa: E402
+from benchmarks.catalog_scale import BASE_DATA, DEFAULT_MODEL, synthetic_items  # noqa: E402
 from hatllm.core.catalog import ModelCatalog  # noqa: E402
 from hatllm.data import load_dataset  # noqa: E402
 from model_patch.engine_topk import EngineTopK, engine_args, start_engine  # noqa: E402
@@ -38,8 +38,7 @@ HISTORY = 50  # the default model's hat_max_history, as the service uses it
 async def measure(args: argparse.Namespace) -> list[dict]:
     dataset = load_dataset(BASE_DATA)
     titles = dict(dataset.catalog.titles)
-    sample = title_model()
-    titles |= {str(SYNTHETIC_IDS_FROM + i): sample() for i in range(max(0, args.size - len(titles)))}
+    titles |= synthetic_items(max(0, args.size - len(titles)))
     catalog = ModelCatalog.for_checkpoint(args.model, titles)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind("all"))
     engine = start_engine(engine_args(args.model, dtype="float32", max_model_len=2048, block_size=16, enforce_eager=True,

@@ -3,8 +3,8 @@
 A scoring round of a search sends every active beam as its own request (`model_patch.engine_topk`), one
 after another. vLLM's engine core starts a step as soon as the first one is in, so the rest of the round
 used to wait for a second step: 1.5 steps per round on a 1M-item catalog, where a search takes 3-4
-rounds of up to 10 beams, and a step of a few tokens costs ~6 ms on this CPU whatever its size
-(docs/operations.md). Each request of a round carries the round's id and size in ``extra_args``
+rounds of up to 10 beams, and a step of a few tokens costs 12-14 ms on this CPU whatever its size
+(docs/topk_decoding.md). Each request of a round carries the round's id and size in ``extra_args``
 (`round_args`); `RoundScheduler` holds them until the last one is in, then queues them at once, so the
 round is one step. A request without the tag is scheduled as by vLLM's own scheduler.
 
@@ -63,13 +63,11 @@ class RoundScheduler(Scheduler):
 
     def finish_requests(self, request_ids: str | Iterable[str] | None, finished_status: RequestStatus) -> list[Request]:
         # A held request is unknown to vLLM's queues: release its round first, then vLLM finishes it as usual.
-        if request_ids is not None and not isinstance(request_ids, str):
-            request_ids = set(request_ids)
-        if self.held:
-            ids = {request_ids} if isinstance(request_ids, str) else request_ids
-            for round_id, (_, _, members) in list(self.held.items()):
-                if ids is None or any(r.request_id in ids for r in members):
-                    self._release(round_id)
+        if request_ids is not None:  # one id or any iterable (read once here): a set for both passes
+            request_ids = {request_ids} if isinstance(request_ids, str) else set(request_ids)
+        for round_id, (_, _, members) in list(self.held.items()):
+            if request_ids is None or any(r.request_id in request_ids for r in members):
+                self._release(round_id)
         return super().finish_requests(request_ids, finished_status)
 
     def has_requests(self) -> bool:
