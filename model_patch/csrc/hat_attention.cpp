@@ -2,8 +2,8 @@
 // key ranges plus itself, read straight from the layer's slot-major cache rows. No mask tensor, no
 // gather. The ranges are hatllm.core.masks.layer_mask written as intervals (tests check they agree).
 //
-// The inner loops work on 16 floats at a time through GCC/Clang vector extensions, which the compiler maps
-// to the machine's SIMD (AVX-512, AVX2, NEON); head sizes are multiples of 16 (all vLLM's CPU head sizes).
+// The inner loops work on one SIMD register of floats at a time (16 on AVX-512, 8 on AVX2, 4 on SSE/NEON)
+// through GCC/Clang vector extensions; head sizes are multiples of 16 (all vLLM's CPU head sizes).
 // Left to auto-vectorisation, the same loops compiled mostly to scalar FMAs.
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -20,38 +20,47 @@ namespace {
 #endif
 constexpr int64_t kIN = HAT_LAYER_IN;
 constexpr int64_t kCR = HAT_LAYER_CR;
-constexpr int64_t kLanes = 16;
+// One vector register's width: GCC lowers a vector type wider than the target's registers through memory
+// (64-byte vectors on AVX2 ran the kernel 5-10x slower than 32-byte ones).
+#if defined(__AVX512F__)
+constexpr int64_t kVectorBytes = 64;
+#elif defined(__AVX__)
+constexpr int64_t kVectorBytes = 32;
+#else
+constexpr int64_t kVectorBytes = 16;
+#endif
+constexpr int64_t kLanes = kVectorBytes / 4;
 
-typedef float floatx16 __attribute__((vector_size(64)));
-typedef uint16_t u16x16 __attribute__((vector_size(32)));
-typedef uint32_t u32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef float floatv __attribute__((vector_size(kVectorBytes)));
+typedef uint16_t u16v __attribute__((vector_size(kVectorBytes / 2)));
+typedef uint32_t u32v __attribute__((vector_size(kVectorBytes)));
+typedef int32_t i32v __attribute__((vector_size(kVectorBytes)));
 
-inline floatx16 load16(const float* p) {
-  floatx16 v;
+inline floatv load_lanes(const float* p) {
+  floatv v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-inline floatx16 load16(const c10::BFloat16* p) {  // bf16 is the top half of a float
-  u16x16 half;
+inline floatv load_lanes(const c10::BFloat16* p) {  // bf16 is the top half of a float
+  u16v half;
   std::memcpy(&half, p, sizeof(half));
-  const u32x16 bits = __builtin_convertvector(half, u32x16) << 16;
-  floatx16 v;
+  const u32v bits = __builtin_convertvector(half, u32v) << 16;
+  floatv v;
   std::memcpy(&v, &bits, sizeof(v));
   return v;
 }
 
 template <typename T>  // half, double: element by element
-inline floatx16 load16(const T* p) {
-  floatx16 v;
+inline floatv load_lanes(const T* p) {
+  floatv v;
   for (int i = 0; i < kLanes; ++i) v[i] = static_cast<float>(p[i]);
   return v;
 }
 
-inline void store16(float* p, floatx16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline void store_lanes(float* p, floatv v) { std::memcpy(p, &v, sizeof(v)); }
 
-inline float sum16(floatx16 v) {
+inline float sum_lanes(floatv v) {
   float s = 0.f;
   for (int i = 0; i < kLanes; ++i) s += v[i];
   return s;
@@ -74,21 +83,21 @@ int key_ranges(int64_t layer_type, int64_t q, int64_t start, int64_t first_item,
   return n;
 }
 
-// e^x for x <= 0 (softmax weights), 16 at a time: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial
+// e^x for x <= 0 (softmax weights), a register at a time: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial
 // (relative error ~2e-7, well inside the tests' tolerance), 2^n by exponent bits.
-inline floatx16 exp_nonpositive(floatx16 x) {
-  x = x < -87.0f ? floatx16{} - 87.0f : x;
-  const i32x16 whole = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, i32x16);  // round(x log2 e), x <= 0
-  const floatx16 n = __builtin_convertvector(whole, floatx16);
-  const floatx16 r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
-  floatx16 p = r * (1.0f / 720) + 1.0f / 120;
+inline floatv exp_nonpositive(floatv x) {
+  x = x < -87.0f ? floatv{} - 87.0f : x;
+  const i32v whole = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, i32v);  // round(x log2 e), x <= 0
+  const floatv n = __builtin_convertvector(whole, floatv);
+  const floatv r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
+  floatv p = r * (1.0f / 720) + 1.0f / 120;
   p = p * r + 1.0f / 24;
   p = p * r + 1.0f / 6;
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const i32x16 bits = (whole + 127) << 23;
-  floatx16 scale;
+  const i32v bits = (whole + 127) << 23;
+  floatv scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
@@ -99,14 +108,14 @@ template <typename KeyRow>
 void key_scores(KeyRow key_row, const float* qf, int64_t head_dim, int64_t a, int64_t b, float* scores) {
   for (int64_t k = a; k < b; ++k) {
     const auto* key = key_row(k);
-    floatx16 acc0 = {}, acc1 = {};
+    floatv acc0 = {}, acc1 = {};
     int64_t d = 0;
     for (; d + 2 * kLanes <= head_dim; d += 2 * kLanes) {
-      acc0 += load16(qf + d) * load16(key + d);
-      acc1 += load16(qf + d + kLanes) * load16(key + d + kLanes);
+      acc0 += load_lanes(qf + d) * load_lanes(key + d);
+      acc1 += load_lanes(qf + d + kLanes) * load_lanes(key + d + kLanes);
     }
-    if (d < head_dim) acc0 += load16(qf + d) * load16(key + d);
-    scores[k - a] = sum16(acc0 + acc1);
+    if (d < head_dim) acc0 += load_lanes(qf + d) * load_lanes(key + d);
+    scores[k - a] = sum_lanes(acc0 + acc1);
   }
 }
 
@@ -121,47 +130,47 @@ constexpr int64_t kMinTransposedQueries = 32;
 void key_scores_transposed(const float* kt, int64_t stride, const float* qf, int64_t head_dim, int64_t a, int64_t b,
                            float* scores) {
   for (int64_t k0 = a; k0 < b; k0 += kTile) {
-    floatx16 t0 = {}, t1 = {}, t2 = {}, t3 = {};
+    floatv t0 = {}, t1 = {}, t2 = {}, t3 = {};
     for (int64_t d = 0; d < head_dim; ++d) {
       const float* row = kt + d * stride + k0;
       const float qd = qf[d];
-      t0 += qd * load16(row);
-      t1 += qd * load16(row + kLanes);
-      t2 += qd * load16(row + 2 * kLanes);
-      t3 += qd * load16(row + 3 * kLanes);
+      t0 += qd * load_lanes(row);
+      t1 += qd * load_lanes(row + kLanes);
+      t2 += qd * load_lanes(row + 2 * kLanes);
+      t3 += qd * load_lanes(row + 3 * kLanes);
     }
     float tile[kTile];
-    store16(tile, t0), store16(tile + kLanes, t1), store16(tile + 2 * kLanes, t2), store16(tile + 3 * kLanes, t3);
+    store_lanes(tile, t0), store_lanes(tile + kLanes, t1), store_lanes(tile + 2 * kLanes, t2), store_lanes(tile + 3 * kLanes, t3);
     std::memcpy(scores + (k0 - a), tile, sizeof(float) * std::min(kTile, b - k0));
   }
 }
 
-// Scores -> unnormalised softmax weights in place; returns their sum. `scores` has room for m rounded up to 16.
+// Scores -> unnormalised softmax weights in place; returns their sum. `scores` has room for m rounded up to kLanes.
 inline float softmax_weights(float* scores, int64_t m) {
   float running_max = scores[0];
   for (int64_t i = 1; i < m; ++i) running_max = std::max(running_max, scores[i]);
-  floatx16 sum = {};
+  floatv sum = {};
   int64_t i = 0;
   for (; i + kLanes <= m; i += kLanes) {
-    const floatx16 w = exp_nonpositive(load16(scores + i) - running_max);
-    store16(scores + i, w);
+    const floatv w = exp_nonpositive(load_lanes(scores + i) - running_max);
+    store_lanes(scores + i, w);
     sum += w;
   }
   if (i < m) {  // the tail, in the spare room after the scores; lanes past m do not count
-    floatx16 w = exp_nonpositive(load16(scores + i) - running_max);
+    floatv w = exp_nonpositive(load_lanes(scores + i) - running_max);
     for (int64_t lane = m - i; lane < kLanes; ++lane) w[lane] = 0.f;
-    store16(scores + i, w);
+    store_lanes(scores + i, w);
     sum += w;
   }
-  return sum16(sum);
+  return sum_lanes(sum);
 }
 
-// out[d0 : d0 + 16 * kChunks] = sum of weights[m] * value(k)[same dims] over the ranges, divided by `sum`;
+// out[d0 : d0 + kLanes * kChunks] = sum of weights[m] * value(k)[same dims] over the ranges, divided by `sum`;
 // two keys at a time into separate accumulators, so consecutive keys' FMAs do not wait on each other.
 template <int kChunks, typename scalar_t, typename ValueRow>
 void weighted_values_chunk(ValueRow value, int64_t d0, const std::pair<int64_t, int64_t>* ranges, int num_ranges,
                            const float* weights, float sum, scalar_t* out) {
-  floatx16 even[kChunks] = {}, odd[kChunks] = {};
+  floatv even[kChunks] = {}, odd[kChunks] = {};
   int64_t m = 0;
   for (int r = 0; r < num_ranges; ++r) {
     int64_t k = ranges[r].first;
@@ -169,18 +178,18 @@ void weighted_values_chunk(ValueRow value, int64_t d0, const std::pair<int64_t, 
       const auto* v0 = value(k) + d0;
       const auto* v1 = value(k + 1) + d0;
       for (int c = 0; c < kChunks; ++c) {
-        even[c] += weights[m] * load16(v0 + c * kLanes);
-        odd[c] += weights[m + 1] * load16(v1 + c * kLanes);
+        even[c] += weights[m] * load_lanes(v0 + c * kLanes);
+        odd[c] += weights[m + 1] * load_lanes(v1 + c * kLanes);
       }
     }
     if (k < ranges[r].second) {
       const auto* v0 = value(k) + d0;
-      for (int c = 0; c < kChunks; ++c) even[c] += weights[m] * load16(v0 + c * kLanes);
+      for (int c = 0; c < kChunks; ++c) even[c] += weights[m] * load_lanes(v0 + c * kLanes);
       ++m;
     }
   }
   for (int c = 0; c < kChunks; ++c) {
-    const floatx16 result = (even[c] + odd[c]) / sum;
+    const floatv result = (even[c] + odd[c]) / sum;
     for (int i = 0; i < kLanes; ++i) out[d0 + c * kLanes + i] = static_cast<scalar_t>(result[i]);
   }
 }
@@ -206,7 +215,7 @@ void hat_attention(torch::Tensor query, torch::Tensor rows, torch::Tensor output
   const int64_t heads = query.size(1), head_dim = query.size(2);
   const int64_t kv_heads = rows.size(1), group = heads / kv_heads;
   const int64_t num_requests = seq_lens.size(0);
-  TORCH_CHECK(head_dim % kLanes == 0, "head size must be a multiple of 16, got ", head_dim);
+  TORCH_CHECK(head_dim % 16 == 0, "head size must be a multiple of 16, got ", head_dim);
   TORCH_CHECK(rows.stride(1) == 2 * head_dim && rows.stride(2) == 1, "cache rows must be contiguous per slot");
   TORCH_CHECK(query.stride(1) == head_dim && query.stride(2) == 1, "query heads must be contiguous per token");
   TORCH_CHECK(output.stride(1) == head_dim && output.stride(2) == 1, "output heads must be contiguous per token");
