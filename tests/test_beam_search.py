@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hatllm.core.catalog import ModelCatalog
-from hatllm.core.trie import ROOT
+from hatllm.core.search import TrieBeamSearch
+from hatllm.core.trie import ROOT, TitleTrie
 from hatllm.reference.modeling import forward, logits
 from hatllm.reference.search import constrained_beam_search, renormalised
 from tests.helpers import TITLES
@@ -125,3 +126,24 @@ def test_renormalised_best_keeps_every_token_tied_with_the_last_kept():
         kept = renormalised(logits_, allowed, bias, best)
         threshold = sorted(full.values(), reverse=True)[min(best, len(full)) - 1]
         assert kept == {tok: lp for tok, lp in full.items() if lp >= threshold}  # same values, ties included
+
+
+def test_a_beam_below_the_full_list_is_dropped_and_the_list_is_unchanged():
+    # Paths end with the close token 9. At the root: item "a" (token 1) and item "f" (token 8) finish at
+    # once, "b"/"c" (token 2) and "d"/"e" (token 5) stay open. With two items asked, the list is full after
+    # the first round; the beam at token 5 scores below its last item and can never enter it.
+    paths = {"a": [1, 9], "b": [2, 3, 9], "c": [2, 4, 9], "d": [5, 6, 9], "e": [5, 7, 9], "f": [8, 9]}
+    trie = TitleTrie(list(paths), np.concatenate(list(paths.values())), [len(p) for p in paths.values()])
+    log = np.log
+    scores = {(): {1: log(0.4), 2: log(0.35), 8: log(0.15), 5: log(0.1)},
+              (2,): {3: log(0.9), 4: log(0.1)}, (5,): {6: log(0.5), 7: log(0.5)}}
+    search = TrieBeamSearch(trie.view(), num_items=2, beam_width=4)
+    asked = []
+    while not search.done:
+        asked.append([beam.tokens for beam in search.active])
+        search.advance([scores[beam.tokens] for beam in search.active])
+    assert asked == [[()], [(2,)]]  # the beam at token 5 (score log 0.1 < log 0.15) is never scored
+    best = sorted(((sum(scores[tuple(path[:i])][tok] for i, tok in enumerate(path[:-1])), item)
+                   for item, path in paths.items()), reverse=True)[:2]
+    assert [item for item, _ in search.result().items] == [item for _, item in best] == ["a", "b"]
+    assert [s for _, s in search.result().items] == pytest.approx([s for s, _ in best])

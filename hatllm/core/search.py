@@ -11,7 +11,8 @@ its `beam_width` best allowed tokens (standard beam search: a candidate outside 
 survives against a full beam set). Candidates that reach a leaf (the close delimiter) are finished; the
 best `beam_width` unfinished ones stay active. The search stops when no beam is active, or when the
 finished leaves hold at least `num_items` live items that all score at least as high as the best active
-beam (scores only decrease). The result is the finished leaves by score (ties by leaf id), expanded into
+beam (scores only decrease); before that, an active beam scoring below the `num_items`-th finished item
+is dropped, since nothing below it can enter the list. The result is the finished leaves by score (ties by leaf id), expanded into
 their items in the trie's tie order. It comes back shorter than `num_items` only when the view holds
 fewer live items (`SearchResult.available`).
 
@@ -108,8 +109,11 @@ class TrieBeamSearch:
             else:
                 self.active.append(beam)
         ranked = self.ranked()
-        if self.active and len(ranked) == self.num_items and ranked[-1][1] >= self.active[0].score:
-            self.active = []
+        if self.active and len(ranked) == self.num_items:
+            # Scores only decrease, so a beam below the list's last item can never enter the list, and
+            # dropping it frees no slot for a beam that could (any beam it displaced scores lower still).
+            last = ranked[-1][1]
+            self.active = [] if last >= self.active[0].score else [beam for beam in self.active if beam.score >= last]
 
     def _follow_forced(self, beam: Beam) -> Beam:
         while not self.view.is_leaf(beam.node):
