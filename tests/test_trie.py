@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hatllm.core.fusion import ItemLogProbs, ItemPrior
-from hatllm.core.trie import ROOT, PatchedTrie, TitleTrie
+from hatllm.core.trie import ROOT, WIDE_NODE, PatchedTrie, TitleTrie
 
 CLOSE = 99
 
@@ -72,6 +72,17 @@ def test_flat_trie_matches_a_dict_trie(seed):
 def test_a_path_that_is_a_prefix_of_another_is_refused():
     with pytest.raises(ValueError, match="prefix"):
         build({"a": [1, 2], "b": [1, 2, 3]})
+
+
+def test_a_wide_nodes_edges_are_kept_and_a_narrow_nodes_rebuilt():
+    # 300 one-token titles under the root (wide), two under token 1000 (narrow); 7 closes every path.
+    paths = [[tok, 7] for tok in range(8, 308)] + [[1000, 1, 7], [1000, 2, 7]]
+    trie = TitleTrie([str(i) for i in range(len(paths))], np.concatenate(paths), [len(p) for p in paths])
+    root = trie.edges(ROOT)
+    assert [tok for tok, _ in root] == [*range(8, 308), 1000] and len(root) >= WIDE_NODE
+    assert trie.edges(ROOT) is root  # every request starts at the root: its list is built once
+    narrow = trie.node([1000])
+    assert trie.edges(narrow) == trie.edges(narrow) and trie.edges(narrow) is not trie.edges(narrow)
 
 
 def test_empty_trie():

@@ -30,6 +30,7 @@ from hatllm.core.arrays import ragged_positions
 
 ROOT = 0
 EDGE_CACHE_SIZE = 100_000  # nodes whose merged edges a patched trie keeps
+WIDE_NODE = 256  # children from which a trie keeps a node's edges (the root: every request starts there)
 _EXACT_PREFIX_COLUMNS = 16  # tokens compared as one matrix when finding shared prefixes; longer ties go one by one
 
 
@@ -105,6 +106,7 @@ class TitleTrie(_Navigation):
         if len(self.position) != n:
             raise ValueError("item ids must be unique")
         self.longest_path = int(lengths.max(initial=0))  # tokens of the longest title path (close delimiter included)
+        self._wide_edges: dict[int, list[tuple[int, int]]] = {}
         inner = self.child_start[self.leaf_at + 1] > self.child_start[self.leaf_at]
         if inner.any():
             item = self.item_order[int(np.argmax(inner))]
@@ -134,9 +136,14 @@ class TitleTrie(_Navigation):
         return len(self.token)
 
     def edges(self, node: int) -> list[tuple[int, int]]:
-        """(token, child) pairs of `node`, by token."""
-        kids = self.children[self.child_start[node]: self.child_start[node + 1]]
-        return list(zip(self.token[kids].tolist(), kids.tolist()))
+        """(token, child) pairs of `node`, by token (a wide node's list is kept and shared: do not modify it)."""
+        edges = self._wide_edges.get(node)
+        if edges is None:
+            kids = self.children[self.child_start[node]: self.child_start[node + 1]]
+            edges = list(zip(self.token[kids].tolist(), kids.tolist()))
+            if len(edges) >= WIDE_NODE:
+                self._wide_edges[node] = edges
+        return edges
 
     def is_leaf(self, node: int) -> bool:
         return node != ROOT and self.child_start[node] == self.child_start[node + 1]
