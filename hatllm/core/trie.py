@@ -49,6 +49,14 @@ class _Navigation:
     def view(self, allow: Iterable[str] | None = None, deny: Iterable[str] = ()) -> "TrieView":
         return TrieView(self, allow, deny)
 
+    def path_counts(self, item_ids: Iterable[str]) -> Counter:
+        """For each node on the paths of `item_ids` (items of the trie), how many of them lie below it."""
+        return Counter(node for item in item_ids for node in self.path(item))
+
+    def counts(self, nodes: Sequence[int]) -> np.ndarray:
+        """`count` of many nodes."""
+        return np.array([self.count(node) for node in nodes], np.int64)
+
 
 class TitleTrie(_Navigation):
     def __init__(self, item_ids: Sequence[str], tokens: np.ndarray, lengths: np.ndarray,
@@ -151,6 +159,9 @@ class TitleTrie(_Navigation):
     def count(self, node: int) -> int:
         return int(self.item_count[node])
 
+    def counts(self, nodes: Sequence[int]) -> np.ndarray:
+        return self.item_count[np.asarray(nodes, np.int64)]
+
     def items(self, leaf: int) -> list[str]:
         """The items at a leaf, in tie order."""
         return self.item_order[self.span_start[leaf]: self.span_start[leaf] + self.item_count[leaf]]
@@ -184,6 +195,18 @@ class TitleTrie(_Navigation):
             node = int(self.parent[node])
         return nodes
 
+    def path_counts(self, item_ids: Iterable[str]) -> Counter:
+        # All paths walked up together, one level per array step: a user's history is hundreds of items.
+        nodes, visited = self.leaf_at[self.positions(item_ids)].astype(np.int64), []
+        while len(nodes):
+            visited.append(nodes)
+            nodes = self.parent[nodes]
+            nodes = nodes[nodes >= 0]
+        if not visited:
+            return Counter()
+        found, counts = np.unique(np.concatenate(visited), return_counts=True)
+        return Counter(dict(zip(found.tolist(), counts.tolist())))
+
     def tokens(self, item_id: str) -> list[int]:
         """The item's token path (title tokens and close delimiter), read back from the trie."""
         return [int(self.token[node]) for node in reversed(self.path(item_id)[:-1])]
@@ -200,7 +223,7 @@ class PatchedTrie(_Navigation):
         self.base, self.added = base, added
         self.removed = {item for item in removed if item in base}
         self._offset = base.num_nodes
-        self._removed_below: Counter = Counter(node for item in self.removed for node in base.path(item))
+        self._removed_below: Counter = base.path_counts(self.removed)
         # Added nodes whose prefix the base also has, in both directions.
         self._to_base: dict[int, int] = {ROOT: ROOT}
         stack = [(ROOT, ROOT)]
@@ -331,13 +354,14 @@ class TrieView:
         self._changed = changed  # the denied items, or the live ones
         self._allowed: dict[int, list[tuple[int, int]]] = {}
         self._children: dict[int, dict[int, int]] = {}
-        self._delta: Counter = Counter()
-        for item in changed:
-            for node in trie.path(item):
-                self._delta[node] += sign
+        self._delta: Counter = Counter({node: sign * count for node, count in trie.path_counts(changed).items()})
         # Every node of the trie holds an item, so with denied items only the nodes above them can be dead:
         # a node's allowed children are its edges less these, found without counting each child.
-        self._dead = {node for node in self._delta if self.live_count(node) <= 0} if self._counted else None
+        self._dead = None
+        if self._counted:
+            nodes = np.fromiter(self._delta, np.int64, len(self._delta))
+            live = self.trie.counts(nodes) + np.fromiter(self._delta.values(), np.int64, len(self._delta))
+            self._dead = set(nodes[live <= 0].tolist())
 
     def live_count(self, node: int) -> int:
         return (self.trie.count(node) if self._counted else 0) + self._delta[node]
