@@ -49,9 +49,10 @@ class _Navigation:
     def view(self, allow: Iterable[str] | None = None, deny: Iterable[str] = ()) -> "TrieView":
         return TrieView(self, allow, deny)
 
-    def path_counts(self, item_ids: Iterable[str]) -> Counter:
-        """For each node on the paths of `item_ids` (items of the trie), how many of them lie below it."""
-        return Counter(node for item in item_ids for node in self.path(item))
+    def path_counts(self, item_ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The nodes on the paths of `item_ids` (items of the trie), and how many of them lie below each."""
+        below = Counter(node for item in item_ids for node in self.path(item))
+        return np.fromiter(below, np.int64, len(below)), np.fromiter(below.values(), np.int64, len(below))
 
     def counts(self, nodes: Sequence[int]) -> np.ndarray:
         """`count` of many nodes."""
@@ -195,17 +196,14 @@ class TitleTrie(_Navigation):
             node = int(self.parent[node])
         return nodes
 
-    def path_counts(self, item_ids: Iterable[str]) -> Counter:
+    def path_counts(self, item_ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         # All paths walked up together, one level per array step: a user's history is hundreds of items.
         nodes, visited = self.leaf_at[self.positions(item_ids)].astype(np.int64), []
         while len(nodes):
             visited.append(nodes)
             nodes = self.parent[nodes]
             nodes = nodes[nodes >= 0]
-        if not visited:
-            return Counter()
-        found, counts = np.unique(np.concatenate(visited), return_counts=True)
-        return Counter(dict(zip(found.tolist(), counts.tolist())))
+        return np.unique(np.concatenate([nodes, *visited]), return_counts=True)
 
     def tokens(self, item_id: str) -> list[int]:
         """The item's token path (title tokens and close delimiter), read back from the trie."""
@@ -223,7 +221,7 @@ class PatchedTrie(_Navigation):
         self.base, self.added = base, added
         self.removed = {item for item in removed if item in base}
         self._offset = base.num_nodes
-        self._removed_below: Counter = base.path_counts(self.removed)
+        self._removed_below = dict(zip(*(a.tolist() for a in base.path_counts(self.removed))))
         # Added nodes whose prefix the base also has, in both directions.
         self._to_base: dict[int, int] = {ROOT: ROOT}
         stack = [(ROOT, ROOT)]
@@ -268,7 +266,7 @@ class PatchedTrie(_Navigation):
         return self.base.is_leaf(node) if node < self._offset else self.added.is_leaf(node - self._offset)
 
     def count(self, node: int) -> int:
-        total = self.base.count(node) - self._removed_below[node] if node < self._offset else 0
+        total = self.base.count(node) - self._removed_below.get(node, 0) if node < self._offset else 0
         added_node = self._added_node(node)
         return total + (self.added.count(added_node) if added_node is not None else 0)
 
@@ -354,17 +352,14 @@ class TrieView:
         self._changed = changed  # the denied items, or the live ones
         self._allowed: dict[int, list[tuple[int, int]]] = {}
         self._children: dict[int, dict[int, int]] = {}
-        self._delta: Counter = Counter({node: sign * count for node, count in trie.path_counts(changed).items()})
+        nodes, below = trie.path_counts(changed)
+        self._delta = dict(zip(nodes.tolist(), (sign * below).tolist()))
         # Every node of the trie holds an item, so with denied items only the nodes above them can be dead:
         # a node's allowed children are its edges less these, found without counting each child.
-        self._dead = None
-        if self._counted:
-            nodes = np.fromiter(self._delta, np.int64, len(self._delta))
-            live = self.trie.counts(nodes) + np.fromiter(self._delta.values(), np.int64, len(self._delta))
-            self._dead = set(nodes[live <= 0].tolist())
+        self._dead = set(nodes[trie.counts(nodes) <= below].tolist()) if self._counted else None
 
     def live_count(self, node: int) -> int:
-        return (self.trie.count(node) if self._counted else 0) + self._delta[node]
+        return (self.trie.count(node) if self._counted else 0) + self._delta.get(node, 0)
 
     def allowed(self, node: int) -> list[tuple[int, int]]:
         """(token, child) pairs that lead to at least one live item (kept: a view never changes, and the
