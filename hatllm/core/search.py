@@ -12,9 +12,9 @@ survives against a full beam set). Candidates that reach a leaf (the close delim
 best `beam_width` unfinished ones stay active. The search stops when no beam is active, or when the
 finished leaves hold at least `num_items` live items that all score at least as high as the best active
 beam (scores only decrease); before that, an active beam scoring below the `num_items`-th finished item
-is dropped, since nothing below it can enter the list. The result is the finished leaves by score (ties by leaf id), expanded into
-their items in the trie's tie order. It comes back shorter than `num_items` only when the view holds
-fewer live items (`SearchResult.available`).
+is dropped, since nothing below it can enter the list. The result is the finished leaves by score (ties
+by leaf id), expanded into their items in the trie's tie order. It comes back shorter than `num_items`
+only when the view holds fewer live items (`SearchResult.available`).
 
 `TrieBeamSearch` holds the state and never calls a model: a driver asks `active` beams to be scored,
 passes the answers to `advance`, and repeats until `done`. `hatllm.reference.search` drives it with

@@ -21,7 +21,7 @@ namespace {
 constexpr int64_t kIN = HAT_LAYER_IN;
 constexpr int64_t kCR = HAT_LAYER_CR;
 // One vector register's width: GCC lowers a vector type wider than the target's registers through memory
-// (64-byte vectors on AVX2 ran the kernel 5-10x slower than 32-byte ones).
+// (64-byte vectors on AVX2 ran the kernel 5-12x slower than 32-byte ones).
 #if defined(__AVX512F__)
 constexpr int64_t kVectorBytes = 64;
 #elif defined(__AVX__)
