@@ -6,7 +6,6 @@ so that their beams share engine steps. Tolerance as in test_engine (fp32, summa
 
 import asyncio
 import os
-import time
 from collections import Counter
 
 import numpy as np
@@ -105,26 +104,27 @@ def test_each_scoring_round_is_one_engine_step(engine_search, builder):
 
 
 def test_a_round_missing_a_request_is_released(engine_search, builder):
-    """Two requests of a round of three: the engine holds them, then answers them after MAX_HOLD_S."""
+    """Two requests of a round of three: the engine holds them (and waits, not stepping) until MAX_HOLD_S has
+    passed and its next input arrives; then it answers them with that input."""
     from model_patch.round_scheduler import MAX_HOLD_S, round_args
 
     run, topk = engine_search
-    params = vllm.SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, extra_args=round_args("incomplete", 3))
     prompt = builder.prompt([TITLES["1"]])
 
-    async def answer(request_id):
+    async def answer(request_id, extra_args=None):
+        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, extra_args=extra_args)
         async for output in topk.engine.generate({"prompt_token_ids": prompt}, params, request_id):
             final = output
         return final
 
-    async def two_of_three():
-        started = time.monotonic()
-        outputs = await asyncio.wait_for(asyncio.gather(answer("incomplete-0"), answer("incomplete-1")), 60)
-        return outputs, time.monotonic() - started
+    async def two_of_three_then_another():
+        held = [asyncio.ensure_future(answer(f"incomplete-{i}", round_args("incomplete", 3))) for i in range(2)]
+        await asyncio.sleep(2 * MAX_HOLD_S)
+        assert not any(task.done() for task in held)  # held past MAX_HOLD_S: no step was taken for them
+        return await asyncio.wait_for(asyncio.gather(*held, answer("next-input")), 60)
 
-    outputs, waited = run(two_of_three())
-    assert [len(output.outputs[0].token_ids) for output in outputs] == [1, 1]
-    assert waited >= MAX_HOLD_S
+    outputs = run(two_of_three_then_another())
+    assert [len(output.outputs[0].token_ids) for output in outputs] == [1, 1, 1]
 
 
 def test_short_list_says_so_and_duplicates_resolved(engine_search, builder, trie):

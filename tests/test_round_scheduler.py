@@ -48,7 +48,7 @@ def test_a_round_is_queued_when_its_last_request_arrives(scheduler):
     s.add_request(request("r1-a", round_args("r1", 3)))
     s.add_request(request("r2-a", round_args("r2", 2)))
     s.add_request(request("r1-b", round_args("r1", 3)))
-    assert scheduler.queued == [] and s.has_requests()  # held rounds keep the engine core stepping
+    assert scheduler.queued == [] and not s.has_requests()  # the engine core waits for the rest of the round
     assert s.schedule() == "scheduled" and scheduler.queued == []  # not overdue yet
     s.add_request(request("r1-c", round_args("r1", 3)))
     assert scheduler.queued == ["r1-a", "r1-b", "r1-c"] and list(s.held) == ["r2"]
@@ -60,8 +60,10 @@ def test_an_incomplete_round_is_released_when_overdue(scheduler, monkeypatch):
     s = scheduler.s
     s.add_request(request("a", round_args("r", 3)))
     s.add_request(request("b", round_args("r", 3)))
+    assert not s.has_requests()
     now = time.monotonic()
     monkeypatch.setattr(round_scheduler.time, "monotonic", lambda: now + round_scheduler.MAX_HOLD_S + 0.01)
+    assert s.has_requests()  # overdue: the engine core steps, and the step releases it
     s.schedule()
     assert scheduler.queued == ["a", "b"] and not s.held
 
