@@ -38,7 +38,7 @@ class TrieMask(LogitsProcessor):
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
         self.vocab_size = vllm_config.model_config.get_vocab_size()
         self.device = device
-        self.rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch row -> (tokens, biases)
+        self.rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # batch row -> (tokens, biases)
         # Every constrained row's entries, concatenated when the batch changes: one gather and two scatters
         # a step, however many requests are in the batch.
         self.constrained = torch.zeros(0, dtype=torch.int64)
@@ -61,7 +61,7 @@ class TrieMask(LogitsProcessor):
     def is_argmax_invariant(self) -> bool:
         return False
 
-    def _row(self, params: SamplingParams, _prompt, _output) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _row(self, params: SamplingParams, _prompt, _output) -> tuple[np.ndarray, np.ndarray] | None:
         args = params.extra_args or {}
         if ALLOWED not in args:
             return None
@@ -69,17 +69,19 @@ class TrieMask(LogitsProcessor):
         if tokens.min() < 0 or tokens.max() >= self.vocab_size:  # an index error later would kill the engine
             raise ValueError(f"allowed token ids must be in [0, {self.vocab_size})")
         bias = np.frombuffer(args[BIAS], np.float32) if BIAS in args else np.zeros(len(tokens), np.float32)
-        return torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(bias.copy())
+        return tokens, bias
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if not process_dict_updates(self.rows, batch_update, self._row) or not self.rows:
             return
-        rows = torch.tensor(list(self.rows), dtype=torch.int64)
+        # numpy, not torch: torch's parallel ops here woke the OpenMP threads for a few hundred microseconds.
+        rows = np.fromiter(self.rows, np.int64, len(self.rows))
         tokens, biases = zip(*self.rows.values())
-        lengths = torch.tensor([len(t) for t in tokens])
-        self.constrained = rows.to(self.device)
-        self.entries = (rows.repeat_interleave(lengths).to(self.device), torch.cat(tokens).to(self.device))
-        self.bias = torch.cat(biases).to(self.device)
+        lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
+        self.constrained = torch.from_numpy(rows).to(self.device)
+        self.entries = (torch.from_numpy(np.repeat(rows, lengths)).to(self.device),
+                        torch.from_numpy(np.concatenate(tokens).astype(np.int64)).to(self.device))
+        self.bias = torch.from_numpy(np.concatenate(biases)).to(self.device)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if self.rows:

@@ -68,11 +68,12 @@ def nearest_code_by_loops(codes: ItemCodes, titles: dict[str, str], title_tokens
     return resolved
 
 
-@pytest.mark.parametrize("seed,per_token,table", [(0, CANDIDATES_PER_TOKEN, True), (1, CANDIDATES_PER_TOKEN, False),
-                                                  (2, 2, True), (3, 1000, False)])
-def test_nearest_code_matches_the_rule_written_as_loops(seed, per_token, table, monkeypatch):
+@pytest.mark.parametrize("seed,per_token,table,one_key", [(0, CANDIDATES_PER_TOKEN, True, True), (1, CANDIDATES_PER_TOKEN, False, False),
+                                                          (2, 2, True, False), (3, 1000, False, True)])
+def test_nearest_code_matches_the_rule_written_as_loops(seed, per_token, table, one_key, monkeypatch):
     monkeypatch.setattr(item_codes, "CANDIDATES_PER_TOKEN", per_token)
     monkeypatch.setattr(item_codes, "DENSE_MEMBERSHIP_CELLS", 1 << 27 if table else 0)  # membership: table or sorted keys
+    monkeypatch.setattr(item_codes, "ONE_KEY_LIMIT", 1 << 62 if one_key else 0)  # rarest tokens: one sort key or two
     tokenizer, builder, codes = coded_setup()
     rng = random.Random(seed)
     words = " ".join(TITLES.values()).split() + ["Zzyzx", "Qq"]

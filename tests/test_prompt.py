@@ -42,3 +42,58 @@ def test_prompt_segments(builder):
     n = len(builder.item_tokens("Heat (1995)"))
     assert starts[p : p + n] == [p] * n  # one item, delimiters included
     assert starts[-1] == p + n  # the open delimiter of the item to generate starts a new item
+
+
+TRICKY_TITLES = [
+    "Heat (1995)", "Schindler's List (1993)", "City of God (Cidade de Deus) (2002)", "Amélie (Fabuleux destin d'Amélie Poulain, Le) (2001)",
+    "Se7en  (1995)", " Leading space", "Trailing space ", "Tab\tinside", "Line\nbreak", "Non\xa0breaking", "WALL·E (2008)",
+    "x", "2001: A Space Odyssey (1968)", "...And Justice for All (1979)", "Heat (1995)", "東京物語 (1953)", "a  b   c",
+]
+
+
+def whole_titles(builder, titles):
+    return [list(builder.tokenizer.encode(t, add_special_tokens=False)) for t in titles]
+
+
+def split_batch(tokens, lengths):
+    starts = [0, *lengths.cumsum()[:-1].tolist()]
+    return [tokens[s:s + n].tolist() for s, n in zip(starts, lengths.tolist())]
+
+
+def test_a_batch_tokenizes_each_title_as_alone(builder):
+    """Words tokenized once and joined give each title's own tokens, including titles that are not single-spaced
+    words (tokenized whole) and repeated titles."""
+    import random
+
+    rng = random.Random(0)
+    words = [w for t in (*TITLES.values(), *TRICKY_TITLES) for w in t.split()]
+    titles = TRICKY_TITLES + [" ".join(rng.choices(words, k=rng.randint(1, 6))) for _ in range(3000)]
+    assert builder._splits_at_spaces()  # the recipe's byte-level BPE: words are joined
+    tokens, lengths = builder.title_tokens_batch(titles)
+    assert split_batch(tokens, lengths) == whole_titles(builder, titles)
+    assert builder._splits_at_spaces()  # the sample agreed
+
+
+def test_a_tokenizer_whose_words_do_not_join_tokenizes_whole_titles():
+    """Byte-level BPE without the regex split learns merges across spaces ("Toy Story" as one token), so a
+    title is not its words' tokens joined: not taken for one that splits at spaces, and when forced to join
+    words, the check on a sample finds the difference and the batch tokenizes whole titles."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from hatllm.core.prompt import PromptBuilder
+    from hatllm.training.tokenizer import ITEM_CLOSE, ITEM_OPEN
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    bpe.train_from_iterator(list(TITLES.values()) * 20, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=[ITEM_OPEN, ITEM_CLOSE], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    builder = PromptBuilder(tokenizer, *tokenizer.convert_tokens_to_ids([ITEM_OPEN, ITEM_CLOSE]))
+    titles = list(TITLES.values())
+    assert not builder._splits_at_spaces()
+    builder._spaces_split = True  # as if it did: the sample check must catch it
+    assert builder._by_words(titles) is None and builder._spaces_split is False
+    tokens, lengths = builder.title_tokens_batch(titles)
+    assert split_batch(tokens, lengths) == whole_titles(builder, titles)

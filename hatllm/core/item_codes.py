@@ -25,7 +25,8 @@ CODES_FILE = "item_codes.json"
 RARE_TOKENS = 3  # a new item's title tokens whose coded items are candidates for its code
 CANDIDATES_PER_TOKEN = 8  # donors per rare token: a rare token has few; a common one would cost without telling much
 NEW_ITEMS_PER_CHUNK = 2048  # bounds the candidate arrays in memory
-DENSE_MEMBERSHIP_CELLS = 1 << 27  # donors x title vocabulary up to which membership is a table (128 MB)
+ONE_KEY_LIMIT = 1 << 62  # sort keys (item, rarity) below it fit in an int64
+DENSE_MEMBERSHIP_CELLS = 1 << 30  # donors x title vocabulary up to which membership is a bit table (128 MB)
 CODE_TOKEN = "<|code_{}|>"
 
 Code = tuple[int, ...]
@@ -69,15 +70,16 @@ class NearestCode:
         self.token_donors = owner[by_token]  # donors holding each token, by token then donor order (CSR)
         self.vocabulary, self.first, self.frequency = np.unique(word_ids[by_token], return_index=True, return_counts=True)
         word = np.searchsorted(self.vocabulary, word_ids)
-        if len(donors) * len(self.vocabulary) <= DENSE_MEMBERSHIP_CELLS:  # which donor holds which word: a table
-            self._holds = np.zeros((len(donors), len(self.vocabulary)), bool)
-            self._holds[owner, word] = True
+        if len(donors) * len(self.vocabulary) <= DENSE_MEMBERSHIP_CELLS:  # which donor holds which word: a bit table
+            # One bit per cell: the lookups are random, and a table 8x smaller than bytes stays in the CPU's caches.
+            self._holds = np.zeros((len(donors), (len(self.vocabulary) + 7) // 8), np.uint8)
+            np.bitwise_or.at(self._holds, (owner, word >> 3), (1 << (word & 7)).astype(np.uint8))
         else:  # or sorted (donor, word) keys, for a catalog of many trained items
             self._holds = np.sort(owner * len(self.vocabulary) + word)
 
     def _donor_holds(self, donor: np.ndarray, word: np.ndarray) -> np.ndarray:
         if self._holds.ndim == 2:
-            return self._holds[donor, word]
+            return ((self._holds[donor, word >> 3] >> (word & 7).astype(np.uint8)) & 1).astype(bool)
         keys = donor * len(self.vocabulary) + word
         return self._holds[np.minimum(np.searchsorted(self._holds, keys), len(self._holds) - 1)] == keys
 
@@ -91,7 +93,12 @@ class NearestCode:
         word = np.searchsorted(self.vocabulary, word_ids)
         known = (word < len(self.vocabulary)) & (self.vocabulary[np.minimum(word, len(self.vocabulary) - 1)] == word_ids)
         owner, word = owner[known], word[known]
-        order = np.lexsort((self.vocabulary[word], self.frequency[word], owner))  # each item's rarest tokens first
+        # Each item's rarest tokens first (then by token id: `vocabulary` is sorted), as one integer key when it
+        # fits: a radix sort, several times faster than a lexsort of three keys.
+        span = (int(self.frequency.max()) + 1) * len(self.vocabulary)
+        rarity = self.frequency[word] * len(self.vocabulary) + word
+        order = (np.argsort(owner * span + rarity, kind="stable") if len(items) * span < ONE_KEY_LIMIT
+                 else np.lexsort((rarity, owner)))
         owner, word = owner[order], word[order]
         starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if len(owner) else np.zeros(0, np.int64)
         rare = np.arange(len(owner)) - np.repeat(starts, np.diff(np.r_[starts, len(owner)])) < RARE_TOKENS

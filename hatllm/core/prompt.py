@@ -8,18 +8,29 @@ optional collaborative item tokens of `item_codes` (empty for a model trained wi
 Each title is tokenized alone, with no special tokens, and cached: a title has exactly the same tokens
 in a history, in a training target, and in the decoding trie (which tokenizes a whole catalog at once,
 `title_tokens_batch`, uncached).
+
+A catalog's titles share most of their words, so a batch tokenizes each distinct word once and joins
+the words' tokens, where that gives the title's own tokens: for a tokenizer that never merges across a
+space (no normalizer or NFC, and a byte-level pre-tokenizer, whose pieces begin at a space at the latest:
+GPT-2's, and Llama 3's and Qwen 2's regex split before it), and for titles whose words are separated by
+single spaces. Every batch checks a sample of its titles against whole-title tokenization and tokenizes
+whole titles if one differs. A million titles: 24 s -> ~6 s on a 2-core host.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Sequence
 
 import numpy as np
 
+from hatllm.core.arrays import ragged_positions
+
 TITLE_CACHE_SIZE = 100_000
 BATCH_CHUNK = 50_000  # titles tokenized per call of a batch
+WORD_CHECK_SAMPLE = 1_000  # titles of a batch tokenized whole to check the joined words' tokens
 DEFAULT_INSTRUCTION = "A user interacted with these items in order. Predict the next item."
 
 
@@ -30,6 +41,7 @@ class PromptBuilder:
     item_close_id: int
     instruction: str = DEFAULT_INSTRUCTION
     _title_cache: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    _spaces_split: bool | None = field(default=None, repr=False)  # no token spans a space (`_splits_at_spaces`)
 
     def __post_init__(self) -> None:
         self._special_ids = frozenset(self.tokenizer.all_special_ids)
@@ -62,25 +74,82 @@ class PromptBuilder:
 
     def title_tokens_batch(self, titles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every title's tokens at once, as (tokens of all titles concatenated, tokens per title): a
-        million titles in seconds, in chunks, so no Python object per token outlives its chunk."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)  # a fast tokenizer: batch in Rust, no offsets
-        parts, lengths = [], []
-        for start in range(0, len(titles), BATCH_CHUNK):
-            chunk = list(titles[start:start + BATCH_CHUNK])
-            if backend is not None and hasattr(backend, "encode_batch_fast"):
-                encoded = [e.ids for e in backend.encode_batch_fast(chunk, add_special_tokens=False)]
-            else:
-                encoded = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
-            lengths.append(np.fromiter(map(len, encoded), np.int64, len(encoded)))
-            parts.append(np.fromiter(chain.from_iterable(encoded), np.int32, int(lengths[-1].sum())))
-        tokens = np.concatenate(parts) if parts else np.zeros(0, np.int32)
-        lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        million titles in seconds, so no Python object per token outlives its chunk."""
+        titles = list(titles)
+        joined = self._by_words(titles) if self._splits_at_spaces() else None
+        tokens, lengths = joined if joined is not None else self._encode_batch(titles)
         bad = np.flatnonzero(lengths == 0)
         if not len(bad):
             special = np.isin(tokens, np.fromiter(self._special_ids, np.int64))
             bad = np.unique(np.repeat(np.arange(len(titles)), lengths)[special])
         if len(bad):
             self._check(titles[bad[0]], self.tokenizer.encode(titles[bad[0]], add_special_tokens=False))
+        return tokens, lengths
+
+    def _encode_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Whole-text tokenization, in chunks: (tokens concatenated, tokens per text)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)  # a fast tokenizer: batch in Rust, no offsets
+        parts, lengths = [], []
+        for start in range(0, len(texts), BATCH_CHUNK):
+            chunk = list(texts[start:start + BATCH_CHUNK])
+            if backend is not None and hasattr(backend, "encode_batch_fast"):
+                encoded = [e.ids for e in backend.encode_batch_fast(chunk, add_special_tokens=False)]
+            else:
+                encoded = self.tokenizer(chunk, add_special_tokens=False)["input_ids"]
+            lengths.append(np.fromiter(map(len, encoded), np.int64, len(encoded)))
+            parts.append(np.fromiter(chain.from_iterable(encoded), np.int32, int(lengths[-1].sum())))
+        return (np.concatenate(parts) if parts else np.zeros(0, np.int32),
+                np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
+
+    def _splits_at_spaces(self) -> bool:
+        """Whether no token can span a space (module docstring): the tokenizer's normalizer and pre-tokenizer."""
+        if self._spaces_split is None:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            spec = json.loads(backend.to_str()) if backend is not None else {}
+            pre = spec.get("pre_tokenizer") or {}
+            steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+            kinds = [step.get("type") for step in steps]
+            byte_level = (kinds == ["ByteLevel"] and steps[0].get("use_regex", True)) or (
+                kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True))
+            self._spaces_split = bool(byte_level and not steps[-1].get("add_prefix_space", False)
+                                      and (spec.get("normalizer") or {}).get("type", "NFC") == "NFC")
+        return self._spaces_split
+
+    def _by_words(self, titles: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Titles' tokens joined from their words' ("A", " B", " C"), each distinct word tokenized once;
+        titles not made of single-spaced words whole. None if a sample disagrees with whole titles."""
+        simple = np.fromiter((t.isprintable() and "  " not in t and t[:1] != " " and t[-1:] != " " for t in titles),
+                             bool, len(titles))
+        word_ids: dict[str, int] = {}
+        word_of_title, words_per_title = [], np.zeros(len(titles), np.int64)
+        for start in range(0, len(titles), BATCH_CHUNK):
+            in_chunk = simple[start:start + BATCH_CHUNK]
+            chunk = [t for t, ok in zip(titles[start:start + BATCH_CHUNK], in_chunk) if ok]
+            if not chunk:
+                continue
+            words_per_title[start:start + BATCH_CHUNK][in_chunk] = np.fromiter((t.count(" ") + 1 for t in chunk), np.int64, len(chunk))
+            words = "\n".join(chunk).replace(" ", "\n ").split("\n")  # "A B C" -> "A", " B", " C"; one call per chunk
+            new = [w for w in dict.fromkeys(words) if w not in word_ids]
+            word_ids.update(zip(new, range(len(word_ids), len(word_ids) + len(new))))
+            word_of_title.append(np.fromiter(map(word_ids.__getitem__, words), np.int64, len(words)))
+        word_tokens, tokens_per_word = self._encode_batch(list(word_ids))
+        word_starts = np.r_[0, np.cumsum(tokens_per_word)[:-1]]
+        words = np.concatenate(word_of_title) if word_of_title else np.zeros(0, np.int64)
+        lengths = np.zeros(len(titles), np.int64)
+        lengths[simple] = np.add.reduceat(tokens_per_word[words], np.r_[0, np.cumsum(words_per_title[simple])[:-1]]) if len(words) else 0
+        joined = word_tokens[ragged_positions(word_starts[words], tokens_per_word[words])]
+        whole_tokens, whole_lengths = self._encode_batch([t for t, ok in zip(titles, simple) if not ok])
+        lengths[~simple] = whole_lengths
+        tokens = np.empty(int(lengths.sum()), np.int32)
+        in_simple = np.repeat(simple, lengths)
+        tokens[in_simple], tokens[~in_simple] = joined, whole_tokens
+        sample = np.flatnonzero(simple)[:: max(1, int(simple.sum()) // WORD_CHECK_SAMPLE)]
+        sample_tokens, sample_lengths = self._encode_batch([titles[i] for i in sample])
+        starts = np.r_[0, np.cumsum(lengths)[:-1]]
+        if not (np.array_equal(sample_lengths, lengths[sample])
+                and np.array_equal(sample_tokens, tokens[ragged_positions(starts[sample], lengths[sample])])):
+            self._spaces_split = False
+            return None
         return tokens, lengths
 
     def _check(self, title: str, tokens: Sequence[int]) -> None:
