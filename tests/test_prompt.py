@@ -97,3 +97,34 @@ def test_a_tokenizer_whose_words_do_not_join_tokenizes_whole_titles():
     assert builder._by_words(titles) is None and builder._spaces_split is False
     tokens, lengths = builder.title_tokens_batch(titles)
     assert split_batch(tokens, lengths) == whole_titles(builder, titles)
+
+
+def test_a_llama3_style_tokenizer_joins_words_too():
+    """The regex split before a byte-level step (Llama 3, Qwen 2) is recognised, and the joined words equal
+    whole titles on it as well."""
+    import random
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from hatllm.core.prompt import PromptBuilder
+    from hatllm.training.tokenizer import ITEM_CLOSE, ITEM_OPEN
+
+    llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+              r"\s+(?!\S)|\s+")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(llama3), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    titles = [*TITLES.values(), *TRICKY_TITLES]
+    bpe.train_from_iterator(titles, trainers.BpeTrainer(
+        vocab_size=500, special_tokens=[ITEM_OPEN, ITEM_CLOSE], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    builder = PromptBuilder(tokenizer, *tokenizer.convert_tokens_to_ids([ITEM_OPEN, ITEM_CLOSE]))
+    rng = random.Random(1)
+    words = [w for t in titles for w in t.split()]
+    titles += [" ".join(rng.choices(words, k=rng.randint(1, 6))) for _ in range(2000)]
+    assert builder._splits_at_spaces()
+    tokens, lengths = builder.title_tokens_batch(titles)
+    assert split_batch(tokens, lengths) == whole_titles(builder, titles)
+    assert builder._splits_at_spaces()
