@@ -5,6 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 
+def run_starts(lengths: np.ndarray) -> np.ndarray:
+    """Where each run of a batch of runs laid end to end starts: ``0, l_0, l_0 + l_1, ...``."""
+    return np.r_[0, np.cumsum(lengths)[:-1]]
+
+
 def ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The positions ``start_i, ..., start_i + length_i - 1`` of every run, concatenated."""
-    return np.repeat(starts - np.r_[0, np.cumsum(lengths)[:-1]], lengths) + np.arange(int(np.sum(lengths)))
+    return np.repeat(starts - run_starts(lengths), lengths) + np.arange(int(np.sum(lengths)))
+
+
+def select_rows(tokens: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a batch (tokens concatenated, tokens per row) that `rows` selects (a mask or indices)."""
+    return tokens[ragged_positions(run_starts(lengths)[rows], lengths[rows])], lengths[rows]

@@ -18,7 +18,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from hatllm.core.item_codes import Code, ItemCodes, NearestCode, select_rows
+from hatllm.core.arrays import select_rows
+from hatllm.core.item_codes import Code, ItemCodes, NearestCode
 from hatllm.core.prompt import PromptBuilder
 from hatllm.core.trie import PatchedTrie, TitleTrie, popularity_rank
 

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from hatllm.core.arrays import ragged_positions
+from hatllm.core.arrays import ragged_positions, run_starts
 
 CODES_FILE = "item_codes.json"
 RARE_TOKENS = 3  # a new item's title tokens whose coded items are candidates for its code
@@ -114,7 +114,7 @@ class NearestCode:
             item_start = np.searchsorted(o, candidate_item)
             item_words = np.searchsorted(o, candidate_item, side="right") - item_start
             found = self._donor_holds(np.repeat(candidate, item_words), w[ragged_positions(item_start, item_words)])
-            shared = np.add.reduceat(found, np.r_[0, np.cumsum(item_words)[:-1]])
+            shared = np.add.reduceat(found, run_starts(item_words))
             jaccard = shared / (size[candidate_item] + self.size[candidate] - shared)
             # Per item (candidates are grouped by item): the best Jaccard, then the earliest donor with it.
             groups = np.flatnonzero(np.r_[True, candidate_item[1:] != candidate_item[:-1]])
@@ -133,8 +133,3 @@ def distinct_tokens(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray
     pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
     return pairs // width, pairs % width
 
-
-def select_rows(tokens: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of a batch (tokens concatenated, tokens per row) that `rows` selects (a mask or indices)."""
-    starts = np.r_[0, np.cumsum(lengths)[:-1]]
-    return tokens[ragged_positions(starts[rows], lengths[rows])], lengths[rows]

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hatllm.core.arrays import ragged_positions
+from hatllm.core.arrays import run_starts, select_rows
 
 TITLE_CACHE_SIZE = 100_000
 BATCH_CHUNK = 50_000  # titles tokenized per call of a batch
@@ -133,21 +133,17 @@ class PromptBuilder:
             word_ids.update(zip(new, range(len(word_ids), len(word_ids) + len(new))))
             word_of_title.append(np.fromiter(map(word_ids.__getitem__, words), np.int64, len(words)))
         word_tokens, tokens_per_word = self._encode_batch(list(word_ids))
-        word_starts = np.r_[0, np.cumsum(tokens_per_word)[:-1]]
         words = np.concatenate(word_of_title) if word_of_title else np.zeros(0, np.int64)
         lengths = np.zeros(len(titles), np.int64)
-        lengths[simple] = np.add.reduceat(tokens_per_word[words], np.r_[0, np.cumsum(words_per_title[simple])[:-1]]) if len(words) else 0
-        joined = word_tokens[ragged_positions(word_starts[words], tokens_per_word[words])]
+        lengths[simple] = np.add.reduceat(tokens_per_word[words], run_starts(words_per_title[simple])) if len(words) else 0
+        joined, _ = select_rows(word_tokens, tokens_per_word, words)
         whole_tokens, whole_lengths = self._encode_batch([t for t, ok in zip(titles, simple) if not ok])
         lengths[~simple] = whole_lengths
         tokens = np.empty(int(lengths.sum()), np.int32)
         in_simple = np.repeat(simple, lengths)
         tokens[in_simple], tokens[~in_simple] = joined, whole_tokens
         sample = np.flatnonzero(simple)[:: max(1, int(simple.sum()) // WORD_CHECK_SAMPLE)]
-        sample_tokens, sample_lengths = self._encode_batch([titles[i] for i in sample])
-        starts = np.r_[0, np.cumsum(lengths)[:-1]]
-        if not (np.array_equal(sample_lengths, lengths[sample])
-                and np.array_equal(sample_tokens, tokens[ragged_positions(starts[sample], lengths[sample])])):
+        if not all(map(np.array_equal, self._encode_batch([titles[i] for i in sample]), select_rows(tokens, lengths, sample))):
             self._spaces_split = False
             return None
         return tokens, lengths
