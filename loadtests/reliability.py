@@ -9,6 +9,7 @@
     python -m loadtests.reliability redis-outage      # Redis killed and restarted under load
     python -m loadtests.reliability overload          # 3x the sustainable rate
     python -m loadtests.reliability engine-failure    # the vLLM engine core process killed
+    python -m loadtests.reliability main-job-killed   # the service killed outright: no process left behind
     python -m loadtests.reliability shutdown          # SIGTERM with requests in flight
     python -m loadtests.reliability bad-input         # schema fuzzing at a larger budget + hand-made bad bodies
     python -m loadtests.reliability all --out docs/results/reliability.json
@@ -332,6 +333,53 @@ def engine_failure(workdir: Path) -> dict:
     return figures
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid`: pid -> command name."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in out.splitlines():
+        child, parent, name = line.split(None, 2)
+        children.setdefault(int(parent), []).append((int(child), name))
+    found, todo = {}, [pid]
+    while todo:
+        for child, name in children.get(todo.pop(), []):
+            found[child] = name
+            todo.append(child)
+    return found
+
+
+def main_job_killed(workdir: Path, bound_s: float = 10.0) -> dict:
+    """The main job killed outright (SIGKILL, as the OOM killer does): its engine core, redis-server and
+    every other process it started exit within `bound_s`, none left holding memory, the port or the data;
+    a new main job on the same Redis port and data starts and has the event acknowledged before."""
+    redis_port = free_port()
+    with running_service(workdir, hatrec_embedded_redis_port=redis_port) as (url, process):
+        with httpx.Client(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+            check(client.post("/events", json={"user_id": "kill-test", "item_id": "1"}).status_code == 200, "event refused")
+        started = descendants(process.pid)
+        process.kill()
+        process.wait()
+        killed_at = time.monotonic()
+        left = dict(started)
+        while left and time.monotonic() - killed_at < bound_s:
+            time.sleep(0.1)
+            left = {pid: name for pid, name in left.items() if os.path.exists(f"/proc/{pid}")}
+        gone_after = time.monotonic() - killed_at
+        for pid in left:  # leave nothing behind, whatever the verdict
+            os.kill(pid, signal.SIGKILL)
+    figures = dict(processes_started=sorted(started.values()), left_after_bound=sorted(left.values()),
+                   all_gone_after_s=round(gone_after, 2) if not left else None)
+    check(any(name.startswith("VLLM::EngineCor") for name in started.values())  # ps cuts names at 15 characters
+          and "redis-server" in started.values(),
+          "the service did not start an engine core and a redis-server", figures)
+    check(not left, f"processes outlived the killed main job by {bound_s} s", figures)
+    with running_service(workdir, hatrec_embedded_redis_port=redis_port) as (url, process):
+        with httpx.Client(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+            figures["history_after_restart"] = client.post("/recommend", json={"user_id": "kill-test", "k": 3}).json().get("history_length")
+    check(figures["history_after_restart"] == 1, "the acknowledged event was lost", figures)
+    return figures
+
+
 def open_on_network(workdir: Path) -> dict:
     """No API keys on a non-loopback address: the service refuses to start (every route would be open)."""
     log = workdir / "service.log"
@@ -489,7 +537,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=["first-start", "open-on-network", "security", "exclude-seen", "two-replicas",
                                         "redis-kill",
-                                        "redis-outage", "overload", "engine-failure", "shutdown", "bad-input",
+                                        "redis-outage", "overload", "engine-failure", "main-job-killed", "shutdown", "bad-input",
                                         "all"])
     p.add_argument("--sustainable-rps", type=float, default=6.0, help="recommendations/s the service holds (docs/operations.md)")
     p.add_argument("--max-in-flight", type=int, default=6, help="HATREC_MAX_IN_FLIGHT for the overload run")
@@ -511,6 +559,7 @@ def main() -> int:
         "overload": lambda d: overload(d, args.sustainable_rps, args.max_in_flight, args.admission_tolerance,
                                       args.engine_cpu_bind),
         "engine-failure": engine_failure,
+        "main-job-killed": main_job_killed,
         "shutdown": shutdown,
         "bad-input": lambda d: bad_input(d, args.fuzz_examples),
     }

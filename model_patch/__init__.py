@@ -3,7 +3,8 @@
 Loaded by vLLM itself in every process through the ``vllm.general_plugins`` entry point (see
 pyproject.toml); it registers ``Hat<Base>`` architectures with vLLM's ModelRegistry, and vLLM's CPU attention backend with
 16-token KV blocks allowed (``cpu_attention.HatCPUAttentionBackend``), and the ``HatKVTailConnector`` that
-extends prefix caching to partial last blocks (``kv_tail``). See README.md.
+extends prefix caching to partial last blocks (``kv_tail``); in vLLM's own processes (the engine core), it
+makes them exit when their parent dies (``parent_watch``). See README.md.
 """
 
 # Base architectures a HatLLM checkpoint may be fine-tuned from: vLLM module and class of each.
@@ -22,6 +23,7 @@ def register() -> None:
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
     from hatllm.core.checkpoint import hat_architecture
+    from model_patch.parent_watch import exit_with_parent
 
     for base in BASE_MODELS:
         ModelRegistry.register_model(hat_architecture(base), f"model_patch.hat_models:{hat_architecture(base)}")
@@ -30,3 +32,4 @@ def register() -> None:
         KVConnectorFactory.register_connector("HatKVTailConnector", "model_patch.kv_tail", "KVTailConnector")
     except ValueError:  # registered already: the factory refuses a second registration
         pass
+    exit_with_parent()

@@ -11,8 +11,8 @@ TCP Vegas and Netflix's concurrency-limits move theirs:
 Comparing with a percentile of lone decodes, not one fixed latency, keeps requests that are simply
 longer (a longer history, no cached prefix) from reading as queueing. After a change the bound is judged
 again only once the requests admitted under the old one have finished. This keeps the admitted tail
-under overload at the price of some refusals at normal load and less throughput (measured in
-docs/operations.md), so it is a choice, not the default.
+under overload at the price of a few refusals at normal load and some throughput (measured in
+docs/operations.md); it is the default since session 14, `tolerance` 0 gives the fixed bound.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MIN_BASELINE_SAMPLES = 8  # before these, the bound stays at its ceiling
 
 class AdmissionLimit:
     def __init__(self, ceiling: int, tolerance: float):
-        """`tolerance` 0: a fixed bound at `ceiling` (the default)."""
+        """`tolerance` 0: a fixed bound at `ceiling`."""
         self.ceiling, self.tolerance = ceiling, tolerance
         self.limit = ceiling
         self.in_flight = 0

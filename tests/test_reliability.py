@@ -30,3 +30,8 @@ def test_no_keys_on_a_network_address_refuses_to_start(tmp_path):
 def test_replicas_share_nothing_but_redis(tmp_path):
     figures = reliability.two_replicas(tmp_path)
     assert figures["history_length_at_other_replica"] == 2
+
+
+def test_a_killed_main_job_leaves_no_process_behind(tmp_path):
+    figures = reliability.main_job_killed(tmp_path)
+    assert not figures["left_after_bound"] and figures["history_after_restart"] == 1
