@@ -85,7 +85,7 @@ async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     try:
         for n, example in enumerate(split.test[: args.prompts]):
             prompt = catalog.prompt(list(example.history)[-HISTORY:])
-            root = [token for token, _ in catalog.trie.view(deny=sorted(example.seen)).allowed(ROOT)]
+            root = catalog.trie.view(deny=sorted(example.seen)).allowed(ROOT)[0].tolist()
             await send(prompt, params(None))  # prefilled, so every shape below finds it cached
             order = list(shapes(prompt, root))
             for name, run in order[n % len(order):] + order[: n % len(order)]:

@@ -55,7 +55,7 @@ def time_searches(catalog: ModelCatalog, users: list[tuple[list[str], list[str]]
             answers = []
             for allowed, _ in requests:  # the stand-in engine, not timed
                 top = np.argsort(-token_score[allowed])[: search.beam_width]
-                answers.append({allowed[i]: -1.0 - rank for rank, i in enumerate(top)})
+                answers.append({int(allowed[i]): -1.0 - rank for rank, i in enumerate(top)})
             started = time.perf_counter()
             search.advance(answers)
             spent += time.perf_counter() - started

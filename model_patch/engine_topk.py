@@ -104,7 +104,7 @@ class EngineTopK:
         return search.result()
 
     def _request(self, prompt: list[int], beam: Beam, search: TrieBeamSearch, round_tag: dict) -> tuple[TokensInput, SamplingParams]:
-        allowed = np.array(search.allowed_tokens(beam), np.int32)
+        allowed = search.allowed_tokens(beam)
         if allowed.max() >= self.vocab_size:  # checked here: in the engine's logits processor it would stop the engine
             raise ValueError(f"the catalog's tokens reach {allowed.max()}, beyond the model's vocabulary of {self.vocab_size}: "
                              "is the tokenizer the checkpoint's?")

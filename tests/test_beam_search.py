@@ -34,7 +34,7 @@ def brute_force_scores(model, builder, view, history):
             out = logits(model, forward(model, torch.tensor([prompt + list(path)])).hidden)[0]
         node, total = ROOT, 0.0
         for i, tok in enumerate(path):
-            allowed = [t for t, _ in view.allowed(node)]
+            allowed = view.allowed(node)[0].tolist()
             lp = out[len(prompt) - 1 + i, allowed].log_softmax(-1)
             total += lp[allowed.index(tok)].item()
             node = dict(view.trie.edges(node))[tok]
@@ -62,7 +62,8 @@ def test_view_counts(trie):
     assert only.live_count(ROOT) == 1
     assert only.live_count(trie.leaf("3")) == 0
     first_token = trie.path("2")[-2]  # the node under the root on item 2's path
-    assert only.allowed(ROOT) == [(tok, child) for tok, child in trie.edges(ROOT) if child == first_token]
+    tokens, children = only.allowed(ROOT)
+    assert list(zip(tokens.tolist(), children.tolist())) == [(tok, child) for tok, child in trie.edges(ROOT) if child == first_token]
 
 
 def test_scores_match_brute_force_and_are_sorted(hat_model, builder, trie):

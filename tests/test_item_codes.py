@@ -112,7 +112,7 @@ def test_search_over_codes_is_one_model_step_and_ranks_by_the_code_softmax():
         alone = constrained_beam_search(model, prompt, view, 4, 4).items  # batched first step == alone
         assert [i for i, _ in result.items] == [i for i, _ in alone]
         assert [s for _, s in result.items] == pytest.approx([s for _, s in alone], abs=1e-5)
-        allowed = [tok for tok, _ in view.allowed(ROOT)]
+        allowed = view.allowed(ROOT)[0].tolist()
         scores = renormalised(first, allowed)
         by_code = sorted((i for i in TITLES if i not in deny), key=lambda i: -scores[resolved[i][0]])
         assert [i for i, _ in result.items] == by_code[:4]

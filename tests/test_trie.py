@@ -78,11 +78,11 @@ def test_a_wide_nodes_edges_are_kept_and_a_narrow_nodes_rebuilt():
     # 300 one-token titles under the root (wide), two under token 1000 (narrow); 7 closes every path.
     paths = [[tok, 7] for tok in range(8, 308)] + [[1000, 1, 7], [1000, 2, 7]]
     trie = TitleTrie([str(i) for i in range(len(paths))], np.concatenate(paths), [len(p) for p in paths])
-    root = trie.edges(ROOT)
-    assert [tok for tok, _ in root] == [*range(8, 308), 1000] and len(root) >= WIDE_NODE
-    assert trie.edges(ROOT) is root  # every request starts at the root: its list is built once
+    root = trie.edge_arrays(ROOT)
+    assert root[0].tolist() == [*range(8, 308), 1000] and len(root[0]) >= WIDE_NODE
+    assert trie.edge_arrays(ROOT) is root  # every request starts at the root: its arrays are built once
     narrow = trie.node([1000])
-    assert trie.edges(narrow) == trie.edges(narrow) and trie.edges(narrow) is not trie.edges(narrow)
+    assert trie.edges(narrow) == trie.edges(narrow) and trie.edge_arrays(narrow) is not trie.edge_arrays(narrow)
 
 
 def test_empty_trie():
@@ -178,12 +178,17 @@ def test_allowed_children_and_fusion_bias_equal_their_per_child_definitions(seed
         subtree = trie.path(items[0])[-2]  # deny every item under one child of the root: a dead node
         below = [i for i in items if subtree in trie.path(i)]
         denied = trie.view(deny=below + rng.sample(items, 20))
-        assert subtree not in denied.children(ROOT).values()
+        assert subtree not in denied.allowed(ROOT)[1]
         for view in (denied, trie.view(allow=rng.sample(items, 40))):
             prior = ItemPrior(view, log_probs, 1.5)
             for node in {n for item in items for n in trie.path(item) if not trie.is_leaf(n)}:
                 expected = [(tok, child) for tok, child in trie.edges(node) if view.live_count(child) > 0]
-                assert view.allowed(node) == expected and view.children(node) == dict(expected)
+                tokens, children = view.allowed(node)
+                assert list(zip(tokens.tolist(), children.tolist())) == expected
+                if expected:
+                    assert view.child_nodes(node, [tok for tok, _ in expected]) == [child for _, child in expected]
+                    with pytest.raises(ValueError):  # an answer with a token the view does not allow there
+                        view.child_nodes(node, [max(tok for tok, _ in trie.edges(node)) + 1])
                 if expected:
                     parent = prior.log_mass(node)
                     bias = prior.logit_bias(node)  # one per allowed child, in order

@@ -74,12 +74,12 @@ class ItemPrior:
         """The bias of each allowed child of `node`, in `view.allowed(node)` order: `weight` x the log of the
         share of the node's live mass under each child (<= 0), clamped (a child without mass stays allowed)."""
         parent = self.log_mass(node)
-        allowed = self.view.allowed(node)
+        children = self.view.allowed(node)[1]
         if isinstance(self.trie, TitleTrie):  # one span per node: every child's mass in one array operation
-            starts, ends = self.trie.span_arrays([child for _, child in allowed])
+            starts, ends = self.trie.span_arrays(children)
             masses = self._cumulative[ends] - self._cumulative[starts]
         else:
-            masses = np.array([self._mass(child) for _, child in allowed])
+            masses = np.array([self._mass(child) for child in children.tolist()])
         with np.errstate(divide="ignore"):  # a child without mass: log 0 = -inf, clamped below
             return np.maximum(-BIAS_LIMIT, self.weight * (np.log(masses) - parent))
 

@@ -74,8 +74,9 @@ class TrieBeamSearch:
     def done(self) -> bool:
         return not self.active
 
-    def allowed_tokens(self, beam: Beam) -> list[int]:
-        return [tok for tok, _ in self.view.allowed(beam.node)]
+    def allowed_tokens(self, beam: Beam) -> np.ndarray:
+        """The tokens the trie allows after `beam`, by token (shared: do not modify)."""
+        return self.view.allowed(beam.node)[0]
 
     def logit_bias(self, beam: Beam) -> np.ndarray | None:
         """What to add to the model's logits of the allowed tokens (in `allowed_tokens` order) before
@@ -91,8 +92,8 @@ class TrieBeamSearch:
         candidates = []
         for b, (beam, scored) in enumerate(zip(self.active, logprobs)):
             best = heapq.nsmallest(self.beam_width, scored.items(), key=lambda t: (-t[1], t[0]))
-            children = self.view.children(beam.node)
-            candidates += [(beam.score + lp, b, tok, children[tok]) for tok, lp in best]
+            children = self.view.child_nodes(beam.node, [tok for tok, _ in best])
+            candidates += [(beam.score + lp, b, tok, child) for (tok, lp), child in zip(best, children)]
         candidates.sort(key=lambda c: (-c[0], c[2], c[1]))
         self.finished += [(score, child) for score, _, _, child in candidates if self.view.is_leaf(child)]
         unfinished = [c for c in candidates if not self.view.is_leaf(c[3])][: self.beam_width]
@@ -117,11 +118,10 @@ class TrieBeamSearch:
 
     def _follow_forced(self, beam: Beam) -> Beam:
         while not self.view.is_leaf(beam.node):
-            allowed = self.view.allowed(beam.node)
-            if len(allowed) != 1:
+            tokens, children = self.view.allowed(beam.node)
+            if len(tokens) != 1:
                 break
-            tok, child = allowed[0]
-            beam = Beam(beam.tokens + (tok,), child, beam.score)
+            beam = Beam(beam.tokens + (int(tokens[0]),), int(children[0]), beam.score)
         return beam
 
     def ranked(self) -> list[tuple[str, float]]:

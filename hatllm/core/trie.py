@@ -35,7 +35,12 @@ _EXACT_PREFIX_COLUMNS = 16  # tokens compared as one matrix when finding shared 
 
 
 class _Navigation:
-    """What both tries derive from `edges`."""
+    """What both tries derive from `edge_arrays`."""
+
+    def edges(self, node: int) -> list[tuple[int, int]]:
+        """(token, child) pairs of `node`, by token."""
+        tokens, children = self.edge_arrays(node)
+        return list(zip(tokens.tolist(), children.tolist()))
 
     def node(self, tokens: Sequence[int]) -> int | None:
         """The node reached from the root by `tokens`; None when they leave the trie."""
@@ -115,7 +120,7 @@ class TitleTrie(_Navigation):
         if len(self.position) != n:
             raise ValueError("item ids must be unique")
         self.longest_path = int(lengths.max(initial=0))  # tokens of the longest title path (close delimiter included)
-        self._wide_edges: dict[int, list[tuple[int, int]]] = {}
+        self._wide_edges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         inner = self.child_start[self.leaf_at + 1] > self.child_start[self.leaf_at]
         if inner.any():
             item = self.item_order[int(np.argmax(inner))]
@@ -144,15 +149,15 @@ class TitleTrie(_Navigation):
     def num_nodes(self) -> int:
         return len(self.token)
 
-    def edges(self, node: int) -> list[tuple[int, int]]:
-        """(token, child) pairs of `node`, by token (a wide node's list is kept and shared: do not modify it)."""
-        edges = self._wide_edges.get(node)
-        if edges is None:
+    def edge_arrays(self, node: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, children) of `node`, by token (a wide node's are kept and shared: do not modify them)."""
+        arrays = self._wide_edges.get(node)
+        if arrays is None:
             kids = self.children[self.child_start[node]: self.child_start[node + 1]]
-            edges = list(zip(self.token[kids].tolist(), kids.tolist()))
-            if len(edges) >= WIDE_NODE:
-                self._wide_edges[node] = edges
-        return edges
+            arrays = self.token[kids], kids
+            if len(kids) >= WIDE_NODE:
+                self._wide_edges[node] = arrays
+        return arrays
 
     def is_leaf(self, node: int) -> bool:
         return node != ROOT and self.child_start[node] == self.child_start[node + 1]
@@ -238,7 +243,7 @@ class PatchedTrie(_Navigation):
         for item in self.removed:
             self.item_order[base.position[item]] = None
         self.longest_path = max(base.longest_path, added.longest_path)
-        self._edges: dict[int, list[tuple[int, int]]] = {}
+        self._edges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _node(self, added_node: int) -> int:
         base_node = self._to_base.get(added_node)
@@ -247,20 +252,21 @@ class PatchedTrie(_Navigation):
     def _added_node(self, node: int) -> int | None:
         return node - self._offset if node >= self._offset else self._from_base.get(node)
 
-    def edges(self, node: int) -> list[tuple[int, int]]:
-        """(token, child) pairs of `node` that hold items, by token. Kept (the trie never changes): every
+    def edge_arrays(self, node: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, children) of `node` that hold items, by token. Kept (the trie never changes): every
         request asks again for the root's and the popular nodes' edges."""
-        edges = self._edges.get(node)
-        if edges is None:
+        arrays = self._edges.get(node)
+        if arrays is None:
             merged = dict(self.base.edges(node)) if node < self._offset else {}
             added_node = self._added_node(node)
             if added_node is not None:
                 merged |= {tok: self._node(child) for tok, child in self.added.edges(added_node)}
             edges = [(tok, child) for tok, child in sorted(merged.items()) if self.count(child) > 0]
+            arrays = np.array([tok for tok, _ in edges], np.int64), np.array([child for _, child in edges], np.int64)
             if len(self._edges) >= EDGE_CACHE_SIZE:
                 self._edges.clear()
-            self._edges[node] = edges
-        return edges
+            self._edges[node] = arrays
+        return arrays
 
     def is_leaf(self, node: int) -> bool:
         return self.base.is_leaf(node) if node < self._offset else self.added.is_leaf(node - self._offset)
@@ -350,36 +356,38 @@ class TrieView:
             self._counted, sign, changed = False, 1, live
             self.is_live = live.__contains__
         self._changed = changed  # the denied items, or the live ones
-        self._allowed: dict[int, list[tuple[int, int]]] = {}
-        self._children: dict[int, dict[int, int]] = {}
+        self._allowed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         nodes, below = trie.path_counts(changed)
         self._delta = dict(zip(nodes.tolist(), (sign * below).tolist()))
-        # Every node of the trie holds an item, so with denied items only the nodes above them can be dead:
-        # a node's allowed children are its edges less these, found without counting each child.
-        self._dead = set(nodes[trie.counts(nodes) <= below].tolist()) if self._counted else None
+        # Every node of the trie holds an item, so with denied items only the nodes above them can be dead,
+        # and with allowed items only the nodes above them are live: a node's allowed children are its edges
+        # less (or among) these, found without counting each child.
+        self._marked = nodes[trie.counts(nodes) <= below] if self._counted else nodes
 
     def live_count(self, node: int) -> int:
         return (self.trie.count(node) if self._counted else 0) + self._delta.get(node, 0)
 
-    def allowed(self, node: int) -> list[tuple[int, int]]:
-        """(token, child) pairs that lead to at least one live item (kept: a view never changes, and the
-        search asks again for the tokens, the fusion bias and forced chains)."""
-        pairs = self._allowed.get(node)
-        if pairs is None:
-            edges = self.trie.edges(node)
-            if self._dead is not None:
-                pairs = [pair for pair in edges if pair[1] not in self._dead] if self._dead else edges
-            else:
-                pairs = [(tok, child) for tok, child in edges if self.live_count(child) > 0]
-            self._allowed[node] = pairs
-        return pairs
+    def allowed(self, node: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, children) of the children that lead to at least one live item, by token, as arrays
+        (kept and shared, do not modify them: a view never changes, and the search asks again for the
+        tokens, the fusion bias and forced chains; the root of a coded catalog has a child per item)."""
+        arrays = self._allowed.get(node)
+        if arrays is None:
+            tokens, kids = self.trie.edge_arrays(node)
+            # Items sit at leaves only, so the one child of a live node is live.
+            if len(kids) > 1 or self.live_count(node) <= 0:
+                live = np.isin(kids, self._marked, invert=self._counted)
+                tokens, kids = tokens[live], kids[live]
+            arrays = self._allowed[node] = tokens, kids
+        return arrays
 
-    def children(self, node: int) -> dict[int, int]:
-        """`allowed` as token -> child (kept, as `allowed` is)."""
-        children = self._children.get(node)
-        if children is None:
-            children = self._children[node] = dict(self.allowed(node))
-        return children
+    def child_nodes(self, node: int, tokens: Sequence[int]) -> list[int]:
+        """The children of `node` that `tokens` lead to; ValueError if one is not allowed there."""
+        allowed, kids = self.allowed(node)
+        at = np.minimum(np.searchsorted(allowed, tokens), max(len(allowed) - 1, 0))
+        if not len(allowed) or not np.array_equal(allowed[at], tokens):
+            raise ValueError(f"tokens {list(tokens)} are not all allowed at node {node}")
+        return kids[at].tolist()
 
     def items(self, leaf: int) -> list[str]:
         """Live items at a leaf, in tie order."""

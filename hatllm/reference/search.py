@@ -6,6 +6,8 @@ engine (`model_patch.engine_topk`), and the tests check that both give the same 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from transformers import DynamicCache
@@ -16,13 +18,15 @@ from hatllm.core.trie import TrieView
 from hatllm.reference.modeling import forward, logits
 
 
-def renormalised(next_logits: torch.Tensor, allowed: list[int], bias: np.ndarray | None = None,
+def renormalised(next_logits: torch.Tensor, allowed: Sequence[int] | np.ndarray, bias: np.ndarray | None = None,
                  best: int | None = None) -> dict[int, float]:
     """Log-probabilities of the allowed tokens under the distribution restricted to them (after `bias`,
     one value per allowed token);
     with `best`, only the tokens that score at least the `best`-th highest (ties kept: the search breaks
     them by token), as many as the search reads, not every code of a large catalog."""
-    scores = next_logits[allowed]
+    allowed = np.asarray(allowed, np.int64)
+    scores = next_logits[torch.from_numpy(allowed).to(next_logits.device)]
+    allowed = allowed.tolist()
     if bias is not None:
         scores = scores + torch.as_tensor(bias, device=scores.device).to(scores.dtype)
     log_probs = scores.log_softmax(-1)
