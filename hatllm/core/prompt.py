@@ -45,6 +45,8 @@ class PromptBuilder:
 
     def __post_init__(self) -> None:
         self._special_ids = frozenset(self.tokenizer.all_special_ids)
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        self._prefix = tuple(bos + self.tokenizer.encode(self.instruction, add_special_tokens=False))  # every prompt's
 
     @classmethod
     def from_model_config(cls, tokenizer, config) -> "PromptBuilder":
@@ -158,8 +160,7 @@ class PromptBuilder:
         return [self.item_open_id, *code, *self.title_tokens(title), self.item_close_id]
 
     def prefix(self) -> list[int]:
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        return bos + self.tokenizer.encode(self.instruction, add_special_tokens=False)
+        return list(self._prefix)
 
     def items(self, titles: Sequence[str], codes: Sequence[Sequence[int]] | None) -> list[int]:
         ids = []
