@@ -29,7 +29,7 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 from benchmarks.catalog_scale import BASE_DATA, DEFAULT_MODEL, synthetic_items  # noqa: E402
 from hatllm.core.catalog import ModelCatalog  # noqa: E402
 from hatllm.data import load_dataset  # noqa: E402
-from model_patch.engine_topk import EngineTopK, engine_args, start_engine  # noqa: E402
+from model_patch.engine_topk import EngineTopK, engine_args, output_batches, start_engine  # noqa: E402
 from service.engine import cpu_bind  # noqa: E402
 
 HISTORY = 50  # the default model's hat_max_history, as the service uses it
@@ -44,26 +44,18 @@ async def measure(args: argparse.Namespace) -> list[dict]:
     engine = start_engine(engine_args(args.model, dtype="float32", max_model_len=2048, block_size=16, enforce_eager=True,
                                       distributed_executor_backend="uni", disable_log_stats=True))
     topk = EngineTopK(engine)
-    batches = 0
-    process_outputs = engine.output_processor.process_outputs
-
-    def counted(outputs, *rest, **kwargs):
-        nonlocal batches
-        batches += bool(outputs)
-        return process_outputs(outputs, *rest, **kwargs)
-
-    engine.output_processor.process_outputs = counted
     users = sorted(dataset.sequences)
     random.Random(0).shuffle(users)
     rows = []
     try:
-        for user in users[: args.users]:
-            history = list(dataset.sequences[user])
-            prompt, view = catalog.prompt(history[-HISTORY:]), catalog.trie.view(deny=history)
-            steps_before, started = batches, time.perf_counter()
-            result = await topk.search(prompt, view, 10)
-            rows.append(dict(user=user, ms=1000 * (time.perf_counter() - started), rounds=result.model_steps,
-                             engine_steps=batches - steps_before, items=[item for item, _ in result.items]))
+        with output_batches(engine) as batches:
+            for user in users[: args.users]:
+                history = list(dataset.sequences[user])
+                prompt, view = catalog.prompt(history[-HISTORY:]), catalog.trie.view(deny=history)
+                steps_before, started = len(batches), time.perf_counter()
+                result = await topk.search(prompt, view, 10)
+                rows.append(dict(user=user, ms=1000 * (time.perf_counter() - started), rounds=result.model_steps,
+                                 engine_steps=len(batches) - steps_before, items=[item for item, _ in result.items]))
     finally:
         engine.shutdown()
     return rows

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 from vllm import SamplingParams
@@ -81,6 +82,27 @@ def start_engine(args: AsyncEngineArgs) -> AsyncLLM:
         config.parallel_config.distributed_executor_backend = "uni"
     return AsyncLLM.from_vllm_config(config, enable_log_requests=args.enable_log_requests,
                                      disable_log_stats=args.disable_log_stats)
+
+
+@contextmanager
+def output_batches(engine: AsyncLLM) -> Iterator[list[int]]:
+    """The sizes of the engine's output batches while the block runs, one per engine step that had outputs:
+    how the tests and benchmarks see whether a round took one step (an instance attribute over the output
+    processor's method: counts, then calls it)."""
+    processor = engine.output_processor
+    process_outputs = processor.process_outputs
+    batches: list[int] = []
+
+    def counted(outputs, *args, **kwargs):
+        if outputs:
+            batches.append(len(outputs))
+        return process_outputs(outputs, *args, **kwargs)
+
+    processor.process_outputs = counted
+    try:
+        yield batches
+    finally:
+        del processor.process_outputs
 
 
 class EngineTopK:

@@ -81,24 +81,14 @@ def test_concurrent_searches_equal_reference(engine_search, hat_checkpoint, buil
 def test_each_scoring_round_is_one_engine_step(engine_search, builder):
     """A round's beams reach the engine one after another; the round scheduler holds them until the last is
     in (model_patch.round_scheduler), so each round comes back as one batch of outputs (one engine step)."""
+    from model_patch.engine_topk import output_batches
+
     run, topk = engine_search
     sequels = {str(i): f"{title} {part}" for i, (title, part) in
                enumerate((t, p) for t in ("Toy Story", "Heat", "Emma", "Casino") for p in ("(1995)", "2 (1999)", "3 (2010)"))}
     trie = ModelCatalog.build(builder, sequels, None).trie  # every title shares its first tokens with two others
-    processor = topk.engine.output_processor
-    batches = []
-    process_outputs = processor.process_outputs
-
-    def counted(outputs, *args, **kwargs):
-        if outputs:
-            batches.append(len(outputs))
-        return process_outputs(outputs, *args, **kwargs)
-
-    processor.process_outputs = counted  # an instance attribute over vLLM's method: counts, then calls it
-    try:
+    with output_batches(topk.engine) as batches:
         results = [run(topk.search(builder.prompt([TITLES[item]]), trie.view(), 8, 8)) for item in TITLES]
-    finally:
-        del processor.process_outputs
     assert max(batches) > 1  # rounds of several beams were searched
     assert len(batches) == sum(result.model_steps for result in results)
 
