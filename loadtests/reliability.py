@@ -57,18 +57,39 @@ def check(condition: bool, message: str, figures: dict | None = None) -> None:
         raise Broken(message + (f" {json.dumps(figures)}" if figures else ""))
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Every process below `pid`: pid -> command name."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in out.splitlines():
+        child, parent, name = line.split(None, 2)
+        children.setdefault(int(parent), []).append((int(child), name))
+    found, todo = {}, [pid]
+    while todo:
+        for child, name in children.get(todo.pop(), []):
+            found[child] = name
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs: neither gone nor a zombie (an orphan's exit that nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of a process and all its descendants (gateway, engine core, redis-server)."""
-    total, pending = 0.0, [pid]
-    while pending:
-        current = pending.pop()
+    total = 0.0
+    for current in [pid, *descendants(pid)]:
         try:
             with open(f"/proc/{current}/status") as f:
                 total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
         except (OSError, StopIteration):
             continue
-        children = subprocess.run(["pgrep", "-P", str(current)], capture_output=True, text=True).stdout.split()
-        pending += [int(child) for child in children]
     return total
 
 
@@ -333,21 +354,6 @@ def engine_failure(workdir: Path) -> dict:
     return figures
 
 
-def descendants(pid: int) -> dict[int, str]:
-    """Every process below `pid`: pid -> command name."""
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
-    children: dict[int, list[tuple[int, str]]] = {}
-    for line in out.splitlines():
-        child, parent, name = line.split(None, 2)
-        children.setdefault(int(parent), []).append((int(child), name))
-    found, todo = {}, [pid]
-    while todo:
-        for child, name in children.get(todo.pop(), []):
-            found[child] = name
-            todo.append(child)
-    return found
-
-
 def main_job_killed(workdir: Path, bound_s: float = 10.0) -> dict:
     """The main job killed outright (SIGKILL, as the OOM killer does): its engine core, redis-server and
     every other process it started exit within `bound_s`, none left holding memory, the port or the data;
@@ -363,7 +369,7 @@ def main_job_killed(workdir: Path, bound_s: float = 10.0) -> dict:
         left = dict(started)
         while left and time.monotonic() - killed_at < bound_s:
             time.sleep(0.1)
-            left = {pid: name for pid, name in left.items() if os.path.exists(f"/proc/{pid}")}
+            left = {pid: name for pid, name in left.items() if alive(pid)}
         gone_after = time.monotonic() - killed_at
         for pid in left:  # leave nothing behind, whatever the verdict
             os.kill(pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from loadtests.reliability import alive
 from model_patch.parent_watch import exit_with_parent
 
 PARENT = """
@@ -26,14 +27,6 @@ if __name__ == "__main__":
     time.sleep(60)
 """
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_watched_child_exits_when_its_parent_is_killed(tmp_path):
