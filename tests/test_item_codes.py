@@ -143,3 +143,12 @@ def test_most_popular_keeps_the_full_builds_order_then_new_items_once_each():
     patched = patched.with_changes({"new": "Heat Casino", "newer": "Jumanji Heat"})
     assert list(patched.most_popular()) == ["7", "2", "5", "1", "3", "4", "6", "8", "new", "newer"]
     assert list(patched.with_changes({"7": None}).most_popular())[:2] == ["2", "5"]
+
+
+def test_run_heads():
+    import numpy as np
+
+    from hatllm.core.arrays import run_heads
+
+    assert run_heads(np.array([3, 3, 5, 7, 7, 7, 3])).tolist() == [True, False, True, True, False, False, True]
+    assert run_heads(np.zeros(0, np.int64)).tolist() == []

@@ -128,3 +128,19 @@ def test_a_llama3_style_tokenizer_joins_words_too():
     tokens, lengths = builder.title_tokens_batch(titles)
     assert split_batch(tokens, lengths) == whole_titles(builder, titles)
     assert builder._splits_at_spaces()
+
+
+def test_the_title_cache_drops_the_least_recently_used_title(tokenizer, monkeypatch):
+    """A bounded cache that keeps the titles histories come back to, not one that empties when full."""
+    from hatllm.core import prompt
+    from hatllm.training.tokenizer import ITEM_CLOSE, ITEM_OPEN
+
+    monkeypatch.setattr(prompt, "TITLE_CACHE_SIZE", 2)
+    builder = prompt.PromptBuilder(tokenizer, *tokenizer.convert_tokens_to_ids([ITEM_OPEN, ITEM_CLOSE]))
+    encoded = []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text, **kw: encoded.append(text) or encode(text, **kw))
+    heat, casino, jumanji = "Heat (1995)", "Casino (1995)", "Jumanji (1995)"
+    for title in (heat, casino, heat, jumanji, heat, casino):
+        assert builder.title_tokens(title) == tuple(encode(title, add_special_tokens=False))
+    assert encoded == [heat, casino, jumanji, casino]  # jumanji pushed out casino, the least recently used

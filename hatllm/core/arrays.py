@@ -10,6 +10,11 @@ def run_starts(lengths: np.ndarray) -> np.ndarray:
     return np.r_[0, np.cumsum(lengths)[:-1]]
 
 
+def run_heads(values: np.ndarray) -> np.ndarray:
+    """A mask of the entries of `values` (sorted, or grouped) that begin a run of equal values."""
+    return np.r_[True, values[1:] != values[:-1]] if len(values) else np.zeros(0, bool)
+
+
 def ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The positions ``start_i, ..., start_i + length_i - 1`` of every run, concatenated."""
     return np.repeat(starts - run_starts(lengths), lengths) + np.arange(int(np.sum(lengths)))

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from hatllm.core.arrays import ragged_positions, run_starts
+from hatllm.core.arrays import ragged_positions, run_heads, run_starts
 
 CODES_FILE = "item_codes.json"
 RARE_TOKENS = 3  # a new item's title tokens whose coded items are candidates for its code
@@ -100,7 +100,7 @@ class NearestCode:
         order = (np.argsort(owner * span + rarity, kind="stable") if len(items) * span < ONE_KEY_LIMIT
                  else np.lexsort((rarity, owner)))
         owner, word = owner[order], word[order]
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if len(owner) else np.zeros(0, np.int64)
+        starts = np.flatnonzero(run_heads(owner))
         rare = np.arange(len(owner)) - np.repeat(starts, np.diff(np.r_[starts, len(owner)])) < RARE_TOKENS
         bounds = np.searchsorted(owner, np.arange(0, len(items) + NEW_ITEMS_PER_CHUNK, NEW_ITEMS_PER_CHUNK))
         for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -117,7 +117,7 @@ class NearestCode:
             shared = np.add.reduceat(found, run_starts(item_words))
             jaccard = shared / (size[candidate_item] + self.size[candidate] - shared)
             # Per item (candidates are grouped by item): the best Jaccard, then the earliest donor with it.
-            groups = np.flatnonzero(np.r_[True, candidate_item[1:] != candidate_item[:-1]])
+            groups = np.flatnonzero(run_heads(candidate_item))
             counts = np.diff(np.r_[groups, len(candidate_item)])
             top = jaccard == np.repeat(np.maximum.reduceat(jaccard, groups), counts)
             best = np.minimum.reduceat(np.where(top, candidate, len(self.codes)), groups)
@@ -130,6 +130,6 @@ def distinct_tokens(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray
     """(row, token) pairs of each row's distinct tokens, by row then token."""
     width = int(tokens.max(initial=0)) + 1
     pairs = np.sort(np.repeat(np.arange(len(lengths)), lengths) * width + tokens)  # a sort: np.unique hashes, slower here
-    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]] if len(pairs) else pairs
+    pairs = pairs[run_heads(pairs)]
     return pairs // width, pairs % width
 
