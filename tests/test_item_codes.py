@@ -152,3 +152,50 @@ def test_run_heads():
 
     assert run_heads(np.array([3, 3, 5, 7, 7, 7, 3])).tolist() == [True, False, True, True, False, False, True]
     assert run_heads(np.zeros(0, np.int64)).tolist() == []
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_items_sharing_a_code_share_its_probability_in_one_model_step(patched):
+    """Items added after training take a trained item's code; titles were never training targets, so the
+    search does not rank them by title scores: they share the code's probability evenly, in tie order (the
+    trained item first), and a search stays one model step however many items share the codes."""
+    import math
+    from collections import Counter
+
+    tokenizer, builder, codes = coded_setup()
+    config = make_config(len(tokenizer), "tiny", ["IN", "OR", "CR"], builder.item_open_id, builder.item_close_id,
+                         DEFAULT_INSTRUCTION, tokenizer.bos_token_id, tokenizer.pad_token_id)
+    config._attn_implementation = HAT_ATTENTION
+    torch.manual_seed(0)
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(config).eval()
+    added = {f"new{k}": f"{TITLES[str(1 + k % 3)]} Part {k}" for k in range(7)}  # the titles of items 1-3, extended
+    popularity = Counter({item: 10 for item in TITLES})
+    if patched:
+        catalog = ModelCatalog.build(builder, TITLES, codes, popularity).with_changes(added)
+    else:
+        catalog = ModelCatalog.build(builder, TITLES | added, codes, popularity)
+    shared = Counter(catalog.codes[item] for item in catalog.titles)
+    assert max(shared.values()) > 1
+    history = ["4", "new1", "2"]
+    view = catalog.trie.view(deny=history)
+    prompt = catalog.prompt(history)
+    result = constrained_beam_search(model, prompt, view, 10, 10)
+    assert result.model_steps == 1
+    live = [item for item in catalog.titles if item not in history]
+    members = {code: [item for item in live if catalog.codes[item] == code] for code in shared}
+    allowed = view.allowed(ROOT)[0].tolist()
+    logits = prompt_logits_batch(model, [prompt], tokenizer.pad_token_id)[0]
+    code_logprob = renormalised(logits, allowed)
+    # Each live item: its code's probability over n live items sharing it, renormalised over the items.
+    weight = {item: math.exp(code_logprob[catalog.codes[item][0]]) / len(members[catalog.codes[item]]) for item in live}
+    expected = {item: math.log(w / sum(weight.values()) * len(live)) for item, w in weight.items()}
+    got = dict(result.items)
+    assert len(got) == 10 and set(got) <= set(live)
+    for item, score in got.items():  # the log of each item's share, up to one constant over all items
+        assert score - expected[item] == pytest.approx(next(iter(got.values())) - expected[next(iter(got))], abs=1e-4)
+    for code, items in members.items():  # a code's items together, the trained one (most popular) first, then by id
+        listed = [item for item in got if catalog.codes[item] == code]
+        assert listed == sorted(items, key=lambda i: (i not in TITLES, i))[: len(listed)]
+    assert max(Counter(catalog.codes[item] for item in got).values()) > 1  # a shared code was listed

@@ -7,8 +7,9 @@ build each item's representation from its code and its title.
 
 The checkpoint stores ``item_codes.json`` (item id -> code token ids). An item added to the catalog after
 training has no code of its own: it shares the code of the trained item whose title is closest (token
-Jaccard, among the items sharing its rarest title tokens), and the title tokens after the shared code
-tell the two apart.
+Jaccard, among the items sharing its rarest title tokens). Titles are never training targets, so the
+search does not let the model's title scores tell the items under a code apart: they share the code's
+probability evenly (`search`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,15 @@ is dropped, since nothing below it can enter the list. The result is the finishe
 by leaf id), expanded into their items in the trie's tie order. It comes back shorter than `num_items`
 only when the view holds fewer live items (`SearchResult.available`).
 
+Item codes. A model trained with item codes (`item_codes`) decides the item with its code: only the code
+is ever a training target, never the title after it, so the model's scores for title tokens say nothing.
+A beam is therefore finished once it has its code (`TitleTrie.code_depth` tokens), for every live item
+under it, and the items sharing a code (items added after training take their nearest trained item's)
+share its probability evenly: each child of a node within the code is scored with the bias ``log 1/n``
+for its n live items, so a code shared by n items ranks as each of them would, 1/n of the model's
+probability for the code. A search is one model step at any catalog size. Where every item has a code
+of its own (the catalog the model was trained on) this adds nothing, and titles stay forced as before.
+
 `TrieBeamSearch` holds the state and never calls a model: a driver asks `active` beams to be scored,
 passes the answers to `advance`, and repeats until `done`. `hatllm.reference.search` drives it with
 the HF reference model; `model_patch.engine_topk` drives it with the vLLM engine, batching many searches.
@@ -80,8 +89,14 @@ class TrieBeamSearch:
 
     def logit_bias(self, beam: Beam) -> np.ndarray | None:
         """What to add to the model's logits of the allowed tokens (in `allowed_tokens` order) before
-        renormalising (fusion)."""
-        return self.prior.logit_bias(beam.node) if self.prior is not None else None
+        renormalising: the fusion prior's, and within an item code, each child's share of the items that
+        share it (`log 1/n` for a child whose items will share its score n ways)."""
+        bias = self.prior.logit_bias(beam.node) if self.prior is not None else None
+        if len(beam.tokens) < self.view.trie.code_depth:
+            counts = self.view.allowed_counts(beam.node)
+            if counts.max(initial=1) > 1:  # a code of its own for every item (a trained catalog): nothing to add
+                bias = -np.log(counts) if bias is None else bias - np.log(counts)
+        return bias
 
     def advance(self, logprobs: Sequence[Mapping[int, float]]) -> None:
         """`logprobs[i]`: allowed next tokens of `active[i]` -> log-probability renormalised over the
@@ -101,11 +116,12 @@ class TrieBeamSearch:
         self._admit([Beam(parents[b].tokens + (tok,), child, score) for score, b, tok, child in unfinished])
 
     def _admit(self, beams: list[Beam]) -> None:
-        """Make `beams` (best first) active, after appending the tokens the trie forces."""
+        """Make `beams` (best first) active, after appending the tokens the trie forces; a beam that has
+        chosen its item code is finished, for all the items that share the code."""
         self.active = []
         for beam in beams:
             beam = self._follow_forced(beam)
-            if self.view.is_leaf(beam.node):
+            if self.view.is_leaf(beam.node) or len(beam.tokens) >= self.view.trie.code_depth > 0:
                 self.finished.append((beam.score, beam.node))
             else:
                 self.active.append(beam)
@@ -126,8 +142,10 @@ class TrieBeamSearch:
 
     def ranked(self) -> list[tuple[str, float]]:
         items = []
-        for score, leaf in sorted(self.finished, key=lambda f: (-f[0], f[1])):
-            items += [(item, score) for item in self.view.items(leaf)]
+        for score, node in sorted(self.finished, key=lambda f: (-f[0], f[1])):
+            items += [(item, score) for item in self.view.items_below(node)]
+            if len(items) >= self.num_items:
+                break
         return items[: self.num_items]
 
     def result(self) -> SearchResult:

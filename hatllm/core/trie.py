@@ -80,7 +80,8 @@ class TitleTrie(_Navigation):
 
         # Sort the paths lexicographically (ties by rank): every prefix becomes one run of rows.
         words = (tokens + 1).astype(">u4").tobytes()  # big-endian, so bytes order is token order
-        ranks = np.argsort(np.argsort(tie_rank, kind="stable"), kind="stable").astype(">u4").tobytes()
+        dense_rank = np.argsort(np.argsort(tie_rank, kind="stable"), kind="stable")
+        ranks = dense_rank.astype(">u4").tobytes()
         keys = [words[4 * offsets[i]: 4 * offsets[i + 1]] + b"\0\0\0\0" + ranks[4 * i: 4 * i + 4] for i in range(n)]
         order = np.array(sorted(range(n), key=keys.__getitem__), np.int64)
         del keys
@@ -114,6 +115,8 @@ class TitleTrie(_Navigation):
         self.children = (np.argsort(self.parent[1:], kind="stable") + 1).astype(np.int32)
 
         self.item_order: list[str] = [item_ids[i] for i in order]
+        self.tie_order = dense_rank[order].astype(np.int32)  # each `item_order` entry's place in the tie order
+        self.code_depth = 0  # tokens of an item code at the start of every path (`from_title_tokens`)
         self.leaf_at = node_at[row_start + lengths - 1].astype(np.int32) if n else np.zeros(0, np.int32)
         self.position = {item: pos for pos, item in enumerate(self.item_order)}
         self.removed_positions = np.zeros(0, np.int64)  # entries of `item_order` no longer in the catalog (`PatchedTrie`)
@@ -141,7 +144,9 @@ class TitleTrie(_Navigation):
                                                                 int(code_lengths.sum()))
         tokens[ragged_positions(starts + code_lengths, title_lengths)] = title_tokens
         tokens[starts + lengths - 1] = close
-        return cls(items, tokens, lengths, tie_rank)
+        trie = cls(items, tokens, lengths, tie_rank)
+        trie.code_depth = int(code_lengths.min()) if n else 0
+        return trie
 
     # Structure
 
@@ -243,6 +248,10 @@ class PatchedTrie(_Navigation):
         for item in self.removed:
             self.item_order[base.position[item]] = None
         self.longest_path = max(base.longest_path, added.longest_path)
+        self.code_depth = base.code_depth
+        self.tie_order = np.r_[base.tie_order, added.tie_order + len(base.item_order)]  # added items follow
+        # Nodes whose count differs from the base's (the patch's, and the base's above removed items).
+        self._patched_nodes = np.array(sorted(set(self._removed_below) | set(self._from_base)), np.int64)
         self._edges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _node(self, added_node: int) -> int:
@@ -275,6 +284,15 @@ class PatchedTrie(_Navigation):
         total = self.base.count(node) - self._removed_below.get(node, 0) if node < self._offset else 0
         added_node = self._added_node(node)
         return total + (self.added.count(added_node) if added_node is not None else 0)
+
+    def counts(self, nodes: Sequence[int]) -> np.ndarray:
+        nodes = np.asarray(nodes, np.int64)
+        counts = np.zeros(len(nodes), np.int64)
+        in_base = nodes < self._offset
+        counts[in_base] = self.base.item_count[nodes[in_base]]
+        for at in np.flatnonzero(~in_base | np.isin(nodes, self._patched_nodes)).tolist():  # a patch's size, not the catalog's
+            counts[at] = self.count(int(nodes[at]))
+        return counts
 
     def items(self, leaf: int) -> list[str]:
         items = [i for i in self.base.items(leaf) if i not in self.removed] if leaf < self._offset else []
@@ -359,6 +377,8 @@ class TrieView:
         self._allowed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         nodes, below = trie.path_counts(changed)
         self._delta = dict(zip(nodes.tolist(), (sign * below).tolist()))
+        self._delta_nodes = nodes
+        self._allowed_counts: dict[int, np.ndarray] = {}
         # Every node of the trie holds an item, so with denied items only the nodes above them can be dead,
         # and with allowed items only the nodes above them are live: a node's allowed children are its edges
         # less (or among) these, found without counting each child.
@@ -392,6 +412,26 @@ class TrieView:
     def items(self, leaf: int) -> list[str]:
         """Live items at a leaf, in tie order."""
         return [i for i in self.trie.items(leaf) if self.is_live(i)]
+
+    def items_below(self, node: int) -> list[str]:
+        """Live items of the node's subtree, in tie order (a leaf's: `items`)."""
+        if self.is_leaf(node):
+            return self.items(node)
+        positions = np.concatenate([np.arange(start, end) for start, end in self.trie.spans(node)])
+        positions = positions[np.argsort(self.trie.tie_order[positions], kind="stable")]
+        order = self.trie.item_order
+        return [order[p] for p in positions.tolist() if order[p] is not None and self.is_live(order[p])]
+
+    def allowed_counts(self, node: int) -> np.ndarray:
+        """Live items below each of `allowed(node)`'s children, as an array."""
+        counts = self._allowed_counts.get(node)
+        if counts is None:
+            kids = self.allowed(node)[1]
+            counts = self.trie.counts(kids) if self._counted else np.zeros(len(kids), np.int64)
+            for at in np.flatnonzero(np.isin(kids, self._delta_nodes)).tolist():  # the children above changed items
+                counts[at] += self._delta[int(kids[at])]
+            self._allowed_counts[node] = counts
+        return counts
 
     def live_positions(self) -> np.ndarray:
         """A mask over the trie's `item_order`: which entries are live items."""
