@@ -164,14 +164,15 @@ def test_fusion_masses_are_the_live_items_prior_mass(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_allowed_children_and_fusion_bias_equal_their_per_child_definitions(seed):
-    """The array shortcuts (a view's dead nodes, every child's mass at once on a flat trie) give what
-    counting and summing each child gives (the logarithm up to its last bit), on a flat and a patched trie,
+    """The array shortcuts (a view's dead nodes, every child's mass at once on a flat trie, the children's
+    live counts, a subtree's items in tie order) give what counting and summing each child gives (the logarithm up to its last bit), on a flat and a patched trie,
     with deny- and allow-lists."""
     rng = random.Random(seed)
     paths = random_paths(rng, 150)
     flat = build(paths)
     gone = rng.sample(sorted(paths), 10)
     patched = PatchedTrie(flat, gone, build({"new": random_paths(rng, 1)["i0"]}))
+    tie_order = {item: k for k, item in enumerate([*paths, "new"])}
     for trie in (flat, patched):
         items = sorted(i for i in [*paths, "new"] if i in trie)
         log_probs = {item: -rng.uniform(0, 8) for item in rng.sample(items, 100)}
@@ -189,6 +190,9 @@ def test_allowed_children_and_fusion_bias_equal_their_per_child_definitions(seed
                     assert view.child_nodes(node, [tok for tok, _ in expected]) == [child for _, child in expected]
                     with pytest.raises(ValueError):  # an answer with a token the view does not allow there
                         view.child_nodes(node, [max(tok for tok, _ in trie.edges(node)) + 1])
+                assert view.allowed_counts(node).tolist() == [view.live_count(child) for _, child in expected]
+                live_below = [i for i in items if node in trie.path(i) and view.is_live(i)]
+                assert view.items_below(node) == sorted(live_below, key=tie_order.get)  # the catalog's, added items last
                 if expected:
                     parent = prior.log_mass(node)
                     bias = prior.logit_bias(node)  # one per allowed child, in order
