@@ -27,6 +27,17 @@ def coded_setup():
     return tokenizer, builder, codes
 
 
+def tiny_coded_model(tokenizer, builder):
+    """An untrained tiny HatLLM over the coded tokenizer: its scores are arbitrary but fixed (seed 0)."""
+    from transformers import LlamaForCausalLM
+
+    config = make_config(len(tokenizer), "tiny", ["IN", "OR", "CR"], builder.item_open_id, builder.item_close_id,
+                         DEFAULT_INSTRUCTION, tokenizer.bos_token_id, tokenizer.pad_token_id)
+    config._attn_implementation = HAT_ATTENTION
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
 def test_codes_are_special_tokens_that_no_title_produces(tmp_path):
     tokenizer, builder, codes = coded_setup()
     code_ids = {c[0] for c in codes.codes.values()}
@@ -94,13 +105,7 @@ def test_prompt_puts_the_code_first_in_each_item():
 
 def test_search_over_codes_is_one_model_step_and_ranks_by_the_code_softmax():
     tokenizer, builder, codes = coded_setup()
-    config = make_config(len(tokenizer), "tiny", ["IN", "OR", "CR"], builder.item_open_id, builder.item_close_id,
-                         DEFAULT_INSTRUCTION, tokenizer.bos_token_id, tokenizer.pad_token_id)
-    config._attn_implementation = HAT_ATTENTION
-    torch.manual_seed(0)
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_coded_model(tokenizer, builder)
     catalog = ModelCatalog.build(builder, TITLES, codes)
     resolved, trie = catalog.codes, catalog.trie
     prompts = [catalog.prompt(h) for h in (["1", "2"], ["3"], ["8", "1", "6"])]
@@ -163,13 +168,7 @@ def test_items_sharing_a_code_share_its_probability_in_one_model_step(patched):
     from collections import Counter
 
     tokenizer, builder, codes = coded_setup()
-    config = make_config(len(tokenizer), "tiny", ["IN", "OR", "CR"], builder.item_open_id, builder.item_close_id,
-                         DEFAULT_INSTRUCTION, tokenizer.bos_token_id, tokenizer.pad_token_id)
-    config._attn_implementation = HAT_ATTENTION
-    torch.manual_seed(0)
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM(config).eval()
+    model = tiny_coded_model(tokenizer, builder)
     added = {f"new{k}": f"{TITLES[str(1 + k % 3)]} Part {k}" for k in range(7)}  # the titles of items 1-3, extended
     popularity = Counter({item: 10 for item in TITLES})
     if patched:
