@@ -252,6 +252,7 @@ class PatchedTrie(_Navigation):
         self.tie_order = np.r_[base.tie_order, added.tie_order + len(base.item_order)]  # added items follow
         # Nodes whose count differs from the base's (the patch's, and the base's above removed items).
         self._patched_nodes = np.array(sorted(set(self._removed_below) | set(self._from_base)), np.int64)
+        self._patched_counts = np.zeros(0, np.int64), np.zeros(0, np.int64)  # (nodes, counts) asked for so far, by node
         self._edges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _node(self, added_node: int) -> int:
@@ -290,8 +291,17 @@ class PatchedTrie(_Navigation):
         counts = np.zeros(len(nodes), np.int64)
         in_base = nodes < self._offset
         counts[in_base] = self.base.item_count[nodes[in_base]]
-        for at in np.flatnonzero(~in_base | np.isin(nodes, self._patched_nodes)).tolist():  # a patch's size, not the catalog's
-            counts[at] = self.count(int(nodes[at]))
+        special = np.flatnonzero(~in_base | np.isin(nodes, self._patched_nodes))  # a patch's size, not the catalog's
+        if len(special):
+            asked = nodes[special]
+            known, known_counts = self._patched_counts
+            new = np.setdiff1d(asked, known)
+            if len(new):  # counted once each (the trie never changes): every request asks for the root's children
+                known = np.r_[known, new]
+                known_counts = np.r_[known_counts, [self.count(node) for node in new.tolist()]]
+                order = np.argsort(known)
+                self._patched_counts = known, known_counts = known[order], known_counts[order]
+            counts[special] = known_counts[np.searchsorted(known, asked)]
         return counts
 
     def items(self, leaf: int) -> list[str]:
