@@ -59,17 +59,14 @@ class _Navigation:
         below = Counter(node for item in item_ids for node in self.path(item))
         return np.fromiter(below, np.int64, len(below)), np.fromiter(below.values(), np.int64, len(below))
 
-    def counts(self, nodes: Sequence[int]) -> np.ndarray:
-        """`count` of many nodes."""
-        return np.array([self.count(node) for node in nodes], np.int64)
-
 
 class TitleTrie(_Navigation):
     def __init__(self, item_ids: Sequence[str], tokens: np.ndarray, lengths: np.ndarray,
-                 tie_rank: np.ndarray | None = None):
+                 tie_rank: np.ndarray | None = None, code_depth: int = 0):
         """Items `item_ids[i]` with token path ``tokens[offset_i : offset_i + lengths[i]]`` (its title's
         tokens and the close delimiter, paths concatenated in item order). `tie_rank`: order among items
-        sharing a path (lower first); default the item order."""
+        sharing a path (lower first); default the item order. `code_depth`: tokens of an item code at the
+        start of every path (0: none)."""
         n = len(item_ids)
         lengths = np.asarray(lengths, np.int64)
         tokens = np.asarray(tokens).astype(np.int32, copy=False)  # int32 throughout: a million titles, ~16M positions
@@ -116,7 +113,7 @@ class TitleTrie(_Navigation):
 
         self.item_order: list[str] = [item_ids[i] for i in order]
         self.tie_order = dense_rank[order].astype(np.int32)  # each `item_order` entry's place in the tie order
-        self.code_depth = 0  # tokens of an item code at the start of every path (`from_title_tokens`)
+        self.code_depth = code_depth
         self.leaf_at = node_at[row_start + lengths - 1].astype(np.int32) if n else np.zeros(0, np.int32)
         self.position = {item: pos for pos, item in enumerate(self.item_order)}
         self.removed_positions = np.zeros(0, np.int64)  # entries of `item_order` no longer in the catalog (`PatchedTrie`)
@@ -144,9 +141,7 @@ class TitleTrie(_Navigation):
                                                                 int(code_lengths.sum()))
         tokens[ragged_positions(starts + code_lengths, title_lengths)] = title_tokens
         tokens[starts + lengths - 1] = close
-        trie = cls(items, tokens, lengths, tie_rank)
-        trie.code_depth = int(code_lengths.min()) if n else 0
-        return trie
+        return cls(items, tokens, lengths, tie_rank, int(code_lengths.min()) if n else 0)
 
     # Structure
 
