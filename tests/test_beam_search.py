@@ -148,3 +148,10 @@ def test_a_beam_below_the_full_list_is_dropped_and_the_list_is_unchanged():
                    for item, path in paths.items()), reverse=True)[:2]
     assert [item for item, _ in search.result().items] == [item for _, item in best] == ["a", "b"]
     assert [s for _, s in search.result().items] == pytest.approx([s for s, _ in best])
+
+
+def test_a_beam_narrower_than_the_list_is_refused(trie):
+    # One beam of width 2 could finish only 2 items of the 5 asked for: refused, not answered short.
+    with pytest.raises(ValueError, match="beam_width must be in 5..100"):
+        TrieBeamSearch(trie.view(), num_items=5, beam_width=2)
+    assert TrieBeamSearch(trie.view(), num_items=5).beam_width == 5

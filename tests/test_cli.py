@@ -122,6 +122,12 @@ def test_load_refuses_config_without_schedule(trained, tmp_path):
         load_model(tmp_path / "m")
 
 
+def test_evaluate_refuses_a_beam_narrower_than_k(tiny_dataset, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", str(tiny_dataset), "--method", "llm", "--model", "unused", "--k", "10", "--beam-width", "5"])
+    assert "--beam-width 5 is below --k 10" in capsys.readouterr().err
+
+
 def test_evaluate_llm_and_popular(trained, tiny_dataset, tmp_path):
     out = tmp_path / "llm.json"
     llm = evaluate.main(["--data", str(tiny_dataset), "--method", "llm", "--model", str(trained), "--k", "3",

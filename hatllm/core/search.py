@@ -65,13 +65,14 @@ class SearchResult:
 
 class TrieBeamSearch:
     def __init__(self, view: TrieView, num_items: int, beam_width: int | None = None, prior: ItemPrior | None = None):
-        """`beam_width`: default `num_items`. `prior`: a second recommender fused into every step's scores
-        (`fusion`); None for the LLM alone."""
+        """`beam_width`: default `num_items`, and never below it: a narrower beam could finish fewer items
+        than the list asks for (the rule of HF's `num_return_sequences <= num_beams`). `prior`: a second
+        recommender fused into every step's scores (`fusion`); None for the LLM alone."""
         beam_width = beam_width or num_items
         if num_items < 1:
             raise ValueError("num_items must be at least 1")
-        if not 1 <= beam_width <= MAX_BEAM_WIDTH:
-            raise ValueError(f"beam_width must be in 1..{MAX_BEAM_WIDTH}, got {beam_width}")
+        if not num_items <= beam_width <= MAX_BEAM_WIDTH:
+            raise ValueError(f"beam_width must be in {num_items}..{MAX_BEAM_WIDTH} for {num_items} items, got {beam_width}")
         self.view, self.num_items, self.beam_width, self.prior = view, num_items, beam_width, prior
         self.finished: list[tuple[float, int]] = []  # (score, leaf)
         self.active: list[Beam] = []

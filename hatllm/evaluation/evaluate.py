@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", help="checkpoint folder (llm, sasrec)")
     p.add_argument("--split", choices=["test", "valid"], default="test")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--beam-width", type=int, help="LLM beam width (default: k)")
+    p.add_argument("--beam-width", type=int, help="LLM beam width, at least k (default: k)")
     p.add_argument("--max-history", type=int, default=DEFAULT_MAX_HISTORY)
     p.add_argument("--users", type=int, help="evaluate a seeded random sample of this many users")
     p.add_argument("--seed", type=int, default=0)
@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", help="write the result JSON here")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small per-step batches gain little from more)")
     args = p.parse_args(argv)
+    if args.beam_width is not None and args.beam_width < args.k:
+        p.error(f"--beam-width {args.beam_width} is below --k {args.k}: the lists would come back short")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
