@@ -159,6 +159,18 @@ def test_run_heads():
     assert run_heads(np.zeros(0, np.int64)).tolist() == []
 
 
+def test_in_sorted_is_isin():
+    import numpy as np
+
+    from hatllm.core.arrays import in_sorted
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 50):
+        sorted_values = np.unique(rng.integers(0, 100, size))
+        values = rng.integers(-5, 110, 200)
+        assert in_sorted(values, sorted_values).tolist() == np.isin(values, sorted_values).tolist()
+
+
 @pytest.mark.parametrize("patched", [False, True])
 def test_items_sharing_a_code_share_its_probability_in_one_model_step(patched):
     """Items added after training take a trained item's code; titles were never training targets, so the

@@ -2,6 +2,7 @@
 
 import math
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -97,6 +98,7 @@ def check_same_catalog(trie, paths: dict[str, list[int]]):
     def walk(node, ref):
         edges = trie.edges(node)
         assert [tok for tok, _ in edges] == sorted(t for t in ref if t is not None)
+        assert trie.child_counts(node).tolist() == [trie.count(child) for _, child in edges]
         items = []
         for tok, child in edges:
             items += walk(child, ref[tok])
@@ -132,6 +134,9 @@ def test_patched_trie_equals_the_patched_catalog(seed):
     patched = PatchedTrie(base, removed, build(added))
     check_same_catalog(patched, final)
     assert all(item not in patched for item in changed[:15])
+    some = rng.sample(sorted(final), 60) + [item for item in added if rng.random() < 0.5]
+    below = Counter(node for item in some for node in patched.path(item))
+    assert [a.tolist() for a in patched.path_counts(some)] == [sorted(below), [below[n] for n in sorted(below)]]
     view = patched.view(deny=changed[15:20] + changed[:3])  # removed items in a deny-list change nothing
     assert view.live_count(ROOT) == len(final) - 5
     assert sum(len(view.items(patched.leaf(i))) for i in {i: 0 for i in final}) >= len(final) - 5

@@ -20,13 +20,12 @@ no live item is never offered to the decoder and no list comes back short becaus
 
 from __future__ import annotations
 
-from collections import Counter
 from itertools import chain
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from hatllm.core.arrays import ragged_positions
+from hatllm.core.arrays import in_sorted, ragged_positions
 
 ROOT = 0
 EDGE_CACHE_SIZE = 100_000  # nodes whose merged edges a patched trie keeps
@@ -53,11 +52,6 @@ class _Navigation:
 
     def view(self, allow: Iterable[str] | None = None, deny: Iterable[str] = ()) -> "TrieView":
         return TrieView(self, allow, deny)
-
-    def path_counts(self, item_ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The nodes on the paths of `item_ids` (items of the trie), and how many of them lie below each."""
-        below = Counter(node for item in item_ids for node in self.path(item))
-        return np.fromiter(below, np.int64, len(below)), np.fromiter(below.values(), np.int64, len(below))
 
 
 class TitleTrie(_Navigation):
@@ -150,7 +144,8 @@ class TitleTrie(_Navigation):
         return len(self.token)
 
     def edge_arrays(self, node: int) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens, children) of `node`, by token (a wide node's are kept and shared: do not modify them)."""
+        """(tokens, children) of `node` (children that hold items), by token (a wide node's are kept and
+        shared: do not modify them)."""
         arrays = self._wide_edges.get(node)
         if arrays is None:
             kids = self.children[self.child_start[node]: self.child_start[node + 1]]
@@ -167,6 +162,10 @@ class TitleTrie(_Navigation):
 
     def counts(self, nodes: Sequence[int]) -> np.ndarray:
         return self.item_count[np.asarray(nodes, np.int64)]
+
+    def child_counts(self, node: int) -> np.ndarray:
+        """The item count of each of `edge_arrays(node)`'s children."""
+        return self.item_count[self.edge_arrays(node)[1]]
 
     def items(self, leaf: int) -> list[str]:
         """The items at a leaf, in tie order."""
@@ -202,6 +201,7 @@ class TitleTrie(_Navigation):
         return nodes
 
     def path_counts(self, item_ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The nodes on the paths of `item_ids` (items of the trie), by node, and how many of them lie below each."""
         # All paths walked up together, one level per array step: a user's history is hundreds of items.
         nodes, visited = self.leaf_at[self.positions(item_ids)].astype(np.int64), []
         while len(nodes):
@@ -228,15 +228,7 @@ class PatchedTrie(_Navigation):
         self._offset = base.num_nodes
         self._removed_below = dict(zip(*(a.tolist() for a in base.path_counts(self.removed))))
         # Added nodes whose prefix the base also has, in both directions.
-        self._to_base: dict[int, int] = {ROOT: ROOT}
-        stack = [(ROOT, ROOT)]
-        while stack:
-            added_node, base_node = stack.pop()
-            base_children = dict(base.edges(base_node))
-            for tok, child in added.edges(added_node):
-                if tok in base_children:
-                    self._to_base[child] = base_children[tok]
-                    stack.append((child, base_children[tok]))
+        self._to_base: dict[int, int] = dict(zip(*(nodes.tolist() for nodes in _shared_nodes(added, base))))
         self._from_base = {b: a for a, b in self._to_base.items()}
         self.item_order: list[str | None] = list(base.item_order) + added.item_order  # None: removed
         self.removed_positions = np.array([base.position[item] for item in self.removed], np.int64)
@@ -248,7 +240,7 @@ class PatchedTrie(_Navigation):
         # Nodes whose count differs from the base's (the patch's, and the base's above removed items).
         self._patched_nodes = np.array(sorted(set(self._removed_below) | set(self._from_base)), np.int64)
         self._patched_counts = np.zeros(0, np.int64), np.zeros(0, np.int64)  # (nodes, counts) asked for so far, by node
-        self._edges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._edges: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _node(self, added_node: int) -> int:
         base_node = self._to_base.get(added_node)
@@ -258,16 +250,31 @@ class PatchedTrie(_Navigation):
         return node - self._offset if node >= self._offset else self._from_base.get(node)
 
     def edge_arrays(self, node: int) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens, children) of `node` that hold items, by token. Kept (the trie never changes): every
-        request asks again for the root's and the popular nodes' edges."""
+        """(tokens, children) of `node` that hold items, by token (kept and shared: do not modify them)."""
+        return self._child_arrays(node)[:2]
+
+    def child_counts(self, node: int) -> np.ndarray:
+        """The item count of each of `edge_arrays(node)`'s children."""
+        return self._child_arrays(node)[2]
+
+    def _child_arrays(self, node: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens, children, counts) of `node`'s children that hold items. Kept (the trie never changes):
+        every request asks again for the root's and the popular nodes'."""
         arrays = self._edges.get(node)
         if arrays is None:
-            merged = dict(self.base.edges(node)) if node < self._offset else {}
+            tokens, kids = self.base.edge_arrays(node) if node < self._offset else (np.zeros(0, np.int32),) * 2
+            tokens, kids = tokens.astype(np.int64), kids.astype(np.int64)
             added_node = self._added_node(node)
-            if added_node is not None:
-                merged |= {tok: self._node(child) for tok, child in self.added.edges(added_node)}
-            edges = [(tok, child) for tok, child in sorted(merged.items()) if self.count(child) > 0]
-            arrays = np.array([tok for tok, _ in edges], np.int64), np.array([child for _, child in edges], np.int64)
+            if added_node is not None:  # the added children at tokens the base lacks here are new nodes
+                added_tokens, added_kids = self.added.edge_arrays(added_node)
+                new = ~np.isin(added_tokens, tokens)
+                tokens = np.r_[tokens, added_tokens[new]]
+                kids = np.r_[kids, added_kids[new] + self._offset]
+                order = np.argsort(tokens, kind="stable")
+                tokens, kids = tokens[order], kids[order]
+            counts = self.counts(kids)
+            live = counts > 0
+            arrays = tokens[live], kids[live], counts[live]
             if len(self._edges) >= EDGE_CACHE_SIZE:
                 self._edges.clear()
             self._edges[node] = arrays
@@ -286,11 +293,11 @@ class PatchedTrie(_Navigation):
         counts = np.zeros(len(nodes), np.int64)
         in_base = nodes < self._offset
         counts[in_base] = self.base.item_count[nodes[in_base]]
-        special = np.flatnonzero(~in_base | np.isin(nodes, self._patched_nodes))  # a patch's size, not the catalog's
+        special = np.flatnonzero(~in_base | in_sorted(nodes, self._patched_nodes))  # a patch's size, not the catalog's
         if len(special):
             asked = nodes[special]
             known, known_counts = self._patched_counts
-            new = np.setdiff1d(asked, known)
+            new = np.unique(asked[~in_sorted(asked, known)])
             if len(new):  # counted once each (the trie never changes): every request asks for the root's children
                 known = np.r_[known, new]
                 known_counts = np.r_[known_counts, [self.count(node) for node in new.tolist()]]
@@ -330,8 +337,45 @@ class PatchedTrie(_Navigation):
             return [self._node(node) for node in self.added.path(item_id)]
         return self.base.path(item_id)
 
+    def path_counts(self, item_ids: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """As `TitleTrie.path_counts`: each part's items counted by its own trie, then merged."""
+        item_ids = list(item_ids)
+        nodes, below = self.base.path_counts([item for item in item_ids if item not in self.added])
+        added_nodes, added_below = self.added.path_counts([item for item in item_ids if item in self.added])
+        if len(added_nodes):
+            added_nodes = np.fromiter((self._node(node) for node in added_nodes.tolist()), np.int64, len(added_nodes))
+            nodes, at = np.unique(np.r_[nodes, added_nodes], return_inverse=True)
+            below = np.bincount(at, weights=np.r_[below, added_below]).astype(np.int64)
+        return nodes, below
+
     def tokens(self, item_id: str) -> list[int]:
         return (self.added if item_id in self.added else self.base).tokens(item_id)
+
+
+def _shared_nodes(added: TitleTrie, base: TitleTrie) -> tuple[np.ndarray, np.ndarray]:
+    """The nodes of `added` whose token path `base` also has, and `base`'s node for each (roots included).
+    Walked level by level, one array step per level: a patch of thousands of items meets the base at the
+    root's thousands of children."""
+    added_nodes = base_nodes = np.array([ROOT], np.int64)
+    found = [(added_nodes, base_nodes)]
+    vocab = int(max(added.token.max(initial=0), base.token.max(initial=0))) + 1
+    while len(added_nodes):
+        (added_kids, added_keys), (base_kids, base_keys) = (_child_keys(trie, nodes, vocab) for trie, nodes
+                                                            in ((added, added_nodes), (base, base_nodes)))
+        at = np.minimum(np.searchsorted(base_keys, added_keys), max(len(base_keys) - 1, 0))
+        shared = np.flatnonzero(base_keys[at] == added_keys) if len(base_keys) else at[:0]
+        added_nodes, base_nodes = added_kids[shared], base_kids[at[shared]]
+        found.append((added_nodes, base_nodes))
+    return np.concatenate([a for a, _ in found]), np.concatenate([b for _, b in found])
+
+
+def _child_keys(trie: TitleTrie, nodes: np.ndarray, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """The children of `nodes`, and for each ``(its parent's index in nodes) * vocab + token``: sorted, since a
+    node's children are stored by token."""
+    starts = trie.child_start[nodes].astype(np.int64)
+    lengths = trie.child_start[nodes + 1] - starts
+    kids = trie.children[ragged_positions(starts, lengths)].astype(np.int64)
+    return kids, np.repeat(np.arange(len(nodes)), lengths) * vocab + trie.token[kids]
 
 
 def popularity_rank(items: Sequence[str], popularity: Mapping[str, float] | None) -> np.ndarray:
@@ -379,10 +423,10 @@ class TrieView:
             self._counted, sign, changed = False, 1, live
             self.is_live = live.__contains__
         self._changed = changed  # the denied items, or the live ones
-        self._allowed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._allowed: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | slice]] = {}
         nodes, below = trie.path_counts(changed)
         self._delta = dict(zip(nodes.tolist(), (sign * below).tolist()))
-        self._delta_nodes = nodes
+        self._delta_nodes = nodes  # ascending, as path_counts gives them
         self._allowed_counts: dict[int, np.ndarray] = {}
         # Every node of the trie holds an item, so with denied items only the nodes above them can be dead,
         # and with allowed items only the nodes above them are live: a node's allowed children are its edges
@@ -396,14 +440,18 @@ class TrieView:
         """(tokens, children) of the children that lead to at least one live item, by token, as arrays
         (kept and shared, do not modify them: a view never changes, and the search asks again for the
         tokens, the fusion bias and forced chains; the root of a coded catalog has a child per item)."""
+        return self._allowed_children(node)[:2]
+
+    def _allowed_children(self, node: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | slice]:
+        """`allowed(node)`, and which of the trie's edges of `node` they are."""
         arrays = self._allowed.get(node)
         if arrays is None:
             tokens, kids = self.trie.edge_arrays(node)
+            live = slice(None)
             # Items sit at leaves only, so the one child of a live node is live.
             if len(kids) > 1 or self.live_count(node) <= 0:
-                live = np.isin(kids, self._marked, invert=self._counted)
-                tokens, kids = tokens[live], kids[live]
-            arrays = self._allowed[node] = tokens, kids
+                live = in_sorted(kids, self._marked) != self._counted
+            arrays = self._allowed[node] = tokens[live], kids[live], live
         return arrays
 
     def child_nodes(self, node: int, tokens: Sequence[int]) -> list[int]:
@@ -431,9 +479,9 @@ class TrieView:
         """Live items below each of `allowed(node)`'s children, as an array."""
         counts = self._allowed_counts.get(node)
         if counts is None:
-            kids = self.allowed(node)[1]
-            counts = self.trie.counts(kids) if self._counted else np.zeros(len(kids), np.int64)
-            for at in np.flatnonzero(np.isin(kids, self._delta_nodes)).tolist():  # the children above changed items
+            _, kids, live = self._allowed_children(node)
+            counts = self.trie.child_counts(node)[live].astype(np.int64) if self._counted else np.zeros(len(kids), np.int64)
+            for at in np.flatnonzero(in_sorted(kids, self._delta_nodes)).tolist():  # the children above changed items
                 counts[at] += self._delta[int(kids[at])]
             self._allowed_counts[node] = counts
         return counts
