@@ -457,10 +457,10 @@ class TrieView:
     def child_nodes(self, node: int, tokens: Sequence[int]) -> list[int]:
         """The children of `node` that `tokens` lead to; ValueError if one is not allowed there."""
         allowed, kids = self.allowed(node)
-        at = np.minimum(np.searchsorted(allowed, tokens), max(len(allowed) - 1, 0))
-        if not len(allowed) or not np.array_equal(allowed[at], tokens):
-            raise ValueError(f"tokens {list(tokens)} are not all allowed at node {node}")
-        return kids[at].tolist()
+        tokens = np.asarray(tokens, np.int64)
+        if not in_sorted(tokens, allowed).all():
+            raise ValueError(f"tokens {tokens.tolist()} are not all allowed at node {node}")
+        return kids[np.searchsorted(allowed, tokens)].tolist()
 
     def items(self, leaf: int) -> list[str]:
         """Live items at a leaf, in tie order."""
