@@ -59,7 +59,7 @@ def requests(builder, trie):
     return cases
 
 
-@pytest.mark.parametrize("k, beam_width", [(3, 3), (5, 2), (8, 8)])
+@pytest.mark.parametrize("k, beam_width", [(3, 3), (2, 2), (3, 6), (8, 8)])  # narrow, wider than k, wide
 def test_concurrent_searches_equal_reference(engine_search, hat_checkpoint, builder, trie, k, beam_width):
     run, topk = engine_search
     cases = requests(builder, trie)
