@@ -30,17 +30,20 @@ def engine_search(hat_checkpoint):
     """`run(coroutine)` on the engine's loop, and the `EngineTopK` bound to it."""
     from model_patch.engine_topk import EngineTopK, engine_args, start_engine
 
-    loop = asyncio.new_event_loop()
     args = engine_args(str(hat_checkpoint), dtype="float32", max_model_len=256, block_size=16, enforce_eager=True,
                        seed=0, distributed_executor_backend="uni")  # as served
     engine = start_engine(args)
-    yield loop.run_until_complete, EngineTopK(engine)
+    with asyncio.Runner() as runner:
+        yield runner.run, EngineTopK(engine)
+        runner.run(shut_down(engine))
+    # Not kept alive (by this frame, or the engine's output task, which the runner's close lets finish) until
+    # the interpreter's exit, where its __del__ fails on torn-down module globals.
+    del engine
 
-    async def shutdown():  # inside the loop, so the client closes its sockets now (else zmq hangs at GC)
-        engine.shutdown()
 
-    loop.run_until_complete(shutdown())
-    loop.close()
+async def shut_down(engine) -> None:
+    """Inside the loop, so the client closes its sockets now (else zmq hangs at GC)."""
+    engine.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -204,12 +207,12 @@ def test_coded_catalog_on_the_engine_equals_reference(engine_search, hat_checkpo
         cases.append((catalog.prompt(history), view, prior))
 
     async def all_searches():
-        return await asyncio.gather(*(topk.search(p, v, 9, 4, prior) for p, v, prior in cases))
+        return await asyncio.gather(*(topk.search(p, v, 5, 5, prior) for p, v, prior in cases))
 
     model = load_model(hat_checkpoint)
     steps = []
     for (prompt, view, prior), got in zip(cases, run(all_searches())):
-        ref = constrained_beam_search(model, prompt, view, 9, 4, prior=prior)
+        ref = constrained_beam_search(model, prompt, view, 5, 5, prior=prior)
         assert [item for item, _ in got.items] == [item for item, _ in ref.items]
         assert [s for _, s in got.items] == pytest.approx([s for _, s in ref.items], abs=TOL)
         assert all(view.is_live(item) for item, _ in got.items) and got.model_steps == ref.model_steps
