@@ -18,7 +18,7 @@ import asyncio
 import ctypes
 import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 from hatllm.core.catalog import ModelCatalog
 from hatllm.core.item_codes import ItemCodes
@@ -39,7 +39,7 @@ class CatalogSnapshot:
     model: ModelCatalog  # titles, codes, trie, popularity order and prompts as the served checkpoint sees them
 
     @classmethod
-    def build(cls, version: int, titles: dict[str, str], popularity: dict[str, float], builder: PromptBuilder,
+    def build(cls, version: int, titles: Mapping[str, str], popularity: dict[str, float], builder: PromptBuilder,
               item_codes: ItemCodes | None = None) -> "CatalogSnapshot":
         return cls(version, ModelCatalog.build(builder, titles, item_codes, popularity))
 
@@ -47,7 +47,7 @@ class CatalogSnapshot:
         return CatalogSnapshot(version, self.model.with_changes(changes, popularity))
 
     @property
-    def titles(self) -> dict[str, str]:
+    def titles(self) -> Mapping[str, str]:
         return self.model.titles
 
     @property
@@ -59,7 +59,7 @@ class CatalogSnapshot:
         return self.model.most_popular()
 
 
-def build_snapshot(version: int, titles: dict[str, str], popularity: dict[str, float], builder: PromptBuilder,
+def build_snapshot(version: int, titles: Mapping[str, str], popularity: dict[str, float], builder: PromptBuilder,
                    item_codes: ItemCodes | None) -> CatalogSnapshot:
     """`CatalogSnapshot.build` in a worker thread, then the heap pages its temporaries used handed back to
     the OS: glibc keeps freed memory resident otherwise (about 1.5 GB after a million-item build)."""
@@ -109,7 +109,7 @@ class CatalogCache:
         """A full build of `snapshot`'s catalog, with the changes made since laid over it."""
         try:
             popularity = await self.store.popularity()
-            rebuilt = await asyncio.to_thread(build_snapshot, snapshot.version, dict(snapshot.titles), popularity,
+            rebuilt = await asyncio.to_thread(build_snapshot, snapshot.version, snapshot.titles, popularity,
                                               self.builder, self.item_codes)
             async with self._lock:
                 current = self.current

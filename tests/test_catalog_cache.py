@@ -61,7 +61,7 @@ def test_small_changes_patch_the_snapshot_and_many_rebuild_it_in_the_background(
     # A full build of the 5 changes, with the late change laid over it, whichever finished first.
     assert rebuilt.version == before_rebuild.version + 1 and rebuilt.model.patch_size == 1
     assert rebuilt.model.base.base is None and rebuilt.model.base.titles == before_rebuild.titles
-    assert rebuilt.titles == before_rebuild.titles | {"late": "Late Heat"} and live_items(rebuilt) == set(rebuilt.titles)
+    assert rebuilt.titles == dict(before_rebuild.titles) | {"late": "Late Heat"} and live_items(rebuilt) == set(rebuilt.titles)
     assert whole.model.base is None and len(whole.titles) == len(rebuilt.titles) + 4
 
 

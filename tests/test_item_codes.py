@@ -132,6 +132,7 @@ def test_a_patched_catalog_equals_a_full_build_of_the_same_titles():
     patched = ModelCatalog.build(builder, TITLES, codes).with_changes(first).with_changes(then)
     final = {item: title for item, title in {**TITLES, **first, **then}.items() if title is not None}
     assert patched.titles == final and patched.patch_size == 6
+    assert len(patched.titles) == len(final) and sorted(patched.titles) == sorted(final) and "3" not in patched.titles
     assert all(patched.codes[item] == code for item, code in codes.codes.items() if item in final)
     assert {patched.codes[item] for item in ("new2", "new3")} <= set(codes.codes.values())  # a donor's code
     close = builder.item_close_id

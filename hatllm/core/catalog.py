@@ -39,6 +39,7 @@ class ModelCatalog:
     @classmethod
     def build(cls, builder: PromptBuilder, titles: Mapping[str, str], item_codes: ItemCodes | None,
               popularity: Mapping[str, float] | None = None) -> "ModelCatalog":
+        titles = dict(titles)  # one copy, read from here on (a patched catalog's titles are an overlay)
         items = list(titles)
         tokens, lengths = builder.title_tokens_batch([titles[i] for i in items])
         codes = nearest = None
@@ -48,7 +49,7 @@ class ModelCatalog:
             codes = cls._codes(items, tokens, lengths, coded, item_codes, nearest)
         rank = popularity_rank(items, popularity)
         trie = TitleTrie.from_title_tokens(items, tokens, lengths, builder.item_close_id, codes, rank)
-        return cls(builder, dict(titles), codes, trie, item_codes, nearest, popular=[items[i] for i in np.argsort(rank)])
+        return cls(builder, titles, codes, trie, item_codes, nearest, popular=[items[i] for i in np.argsort(rank)])
 
     @staticmethod
     def _codes(items: Sequence[str], tokens: np.ndarray, lengths: np.ndarray, coded: np.ndarray, item_codes: ItemCodes,
@@ -72,12 +73,6 @@ class ModelCatalog:
         item until the next full build."""
         base = self.base or self
         merged = {**self.changes, **changes}
-        titles = dict(self.titles)
-        for item, title in changes.items():
-            if title is None:
-                titles.pop(item, None)
-            else:
-                titles[item] = title
         added = [item for item, title in merged.items() if title is not None and base.titles.get(item) != title]
         removed = [item for item, title in merged.items() if item in base.titles and base.titles[item] != title]
         tokens, lengths = self.builder.title_tokens_batch([merged[item] for item in added])
@@ -86,8 +81,8 @@ class ModelCatalog:
         added_trie = TitleTrie.from_title_tokens(added, tokens, lengths, self.builder.item_close_id, added_codes,
                                                  popularity_rank(added, popularity))
         codes = ChainMap(added_codes, base.codes) if added_codes is not None else None
-        return ModelCatalog(self.builder, titles, codes, PatchedTrie(base.trie, removed, added_trie), base.item_codes,
-                            base.nearest, base, merged, base.popular)
+        return ModelCatalog(self.builder, PatchedTitles(base.titles, merged), codes, PatchedTrie(base.trie, removed, added_trie),
+                            base.item_codes, base.nearest, base, merged, base.popular)
 
     def most_popular(self) -> Iterator[str]:
         """Catalog items, most interacted first; items added since the full build follow, in the order they came."""
@@ -98,6 +93,28 @@ class ModelCatalog:
     def prompt(self, history: Sequence[str]) -> list[int]:
         """The prompt recommending the item after `history` (item ids, oldest first)."""
         return self.builder.prompt([self.titles[i] for i in history], [self.codes[i] for i in history] if self.codes else None)
+
+
+class PatchedTitles(Mapping[str, str]):
+    """A catalog's titles with `changes` (item -> title, None: removed) laid over the full build's `base`,
+    without copying them: a copy of a million titles per change would hold the GIL for 50-80 ms."""
+
+    def __init__(self, base: Mapping[str, str], changes: Mapping[str, str | None]):
+        self.base, self.changes = base, changes
+        self._len = len(base) + sum((title is not None) - (item in base) for item, title in changes.items())
+
+    def __getitem__(self, item: str) -> str:
+        title = self.changes[item] if item in self.changes else self.base[item]
+        if title is None:
+            raise KeyError(item)
+        return title
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (item for item in self.base if item not in self.changes)
+        yield from (item for item, title in self.changes.items() if title is not None)
+
+    def __len__(self) -> int:
+        return self._len
 
 
 def _has_own_code(items: Sequence[str], item_codes: ItemCodes) -> np.ndarray:
