@@ -239,7 +239,6 @@ class PatchedTrie(_Navigation):
         self.tie_order = np.r_[base.tie_order, added.tie_order + len(base.item_order)]  # added items follow
         # Nodes whose count differs from the base's (the patch's, and the base's above removed items).
         self._patched_nodes = np.array(sorted(set(self._removed_below) | set(self._from_base)), np.int64)
-        self._patched_counts = np.zeros(0, np.int64), np.zeros(0, np.int64)  # (nodes, counts) asked for so far, by node
         self._edges: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def _node(self, added_node: int) -> int:
@@ -267,7 +266,7 @@ class PatchedTrie(_Navigation):
             added_node = self._added_node(node)
             if added_node is not None:  # the added children at tokens the base lacks here are new nodes
                 added_tokens, added_kids = self.added.edge_arrays(added_node)
-                new = ~np.isin(added_tokens, tokens)
+                new = ~in_sorted(added_tokens, tokens)
                 tokens = np.r_[tokens, added_tokens[new]]
                 kids = np.r_[kids, added_kids[new] + self._offset]
                 order = np.argsort(tokens, kind="stable")
@@ -293,17 +292,8 @@ class PatchedTrie(_Navigation):
         counts = np.zeros(len(nodes), np.int64)
         in_base = nodes < self._offset
         counts[in_base] = self.base.item_count[nodes[in_base]]
-        special = np.flatnonzero(~in_base | in_sorted(nodes, self._patched_nodes))  # a patch's size, not the catalog's
-        if len(special):
-            asked = nodes[special]
-            known, known_counts = self._patched_counts
-            new = np.unique(asked[~in_sorted(asked, known)])
-            if len(new):  # counted once each (the trie never changes): every request asks for the root's children
-                known = np.r_[known, new]
-                known_counts = np.r_[known_counts, [self.count(node) for node in new.tolist()]]
-                order = np.argsort(known)
-                self._patched_counts = known, known_counts = known[order], known_counts[order]
-            counts[special] = known_counts[np.searchsorted(known, asked)]
+        for at in np.flatnonzero(~in_base | in_sorted(nodes, self._patched_nodes)).tolist():  # a patch's size, not the catalog's
+            counts[at] = self.count(int(nodes[at]))
         return counts
 
     def items(self, leaf: int) -> list[str]:
@@ -362,9 +352,8 @@ def _shared_nodes(added: TitleTrie, base: TitleTrie) -> tuple[np.ndarray, np.nda
     while len(added_nodes):
         (added_kids, added_keys), (base_kids, base_keys) = (_child_keys(trie, nodes, vocab) for trie, nodes
                                                             in ((added, added_nodes), (base, base_nodes)))
-        at = np.minimum(np.searchsorted(base_keys, added_keys), max(len(base_keys) - 1, 0))
-        shared = np.flatnonzero(base_keys[at] == added_keys) if len(base_keys) else at[:0]
-        added_nodes, base_nodes = added_kids[shared], base_kids[at[shared]]
+        shared = np.flatnonzero(in_sorted(added_keys, base_keys))
+        added_nodes, base_nodes = added_kids[shared], base_kids[np.searchsorted(base_keys, added_keys[shared])]
         found.append((added_nodes, base_nodes))
     return np.concatenate([a for a, _ in found]), np.concatenate([b for _, b in found])
 
