@@ -134,6 +134,7 @@ def test_patched_trie_equals_the_patched_catalog(seed):
     patched = PatchedTrie(base, removed, build(added))
     check_same_catalog(patched, final)
     assert all(item not in patched for item in changed[:15])
+    assert list(patched.item_order) == [None if i in removed else i for i in base.item_order] + build(added).item_order
     some = rng.sample(sorted(final), 60) + [item for item in added if rng.random() < 0.5]
     below = Counter(node for item in some for node in patched.path(item))
     assert [a.tolist() for a in patched.path_counts(some)] == [sorted(below), [below[n] for n in sorted(below)]]
@@ -197,7 +198,7 @@ def test_allowed_children_and_fusion_bias_equal_their_per_child_definitions(seed
                         view.child_nodes(node, [max(tok for tok, _ in trie.edges(node)) + 1])
                 assert view.allowed_counts(node).tolist() == [view.live_count(child) for _, child in expected]
                 live_below = [i for i in items if node in trie.path(i) and view.is_live(i)]
-                assert view.items_below(node) == sorted(live_below, key=tie_order.get)  # the catalog's, added items last
+                assert list(view.items_below(node)) == sorted(live_below, key=tie_order.get)  # the catalog's, added items last
                 if expected:
                     parent = prior.log_mass(node)
                     bias = prior.logit_bias(node)  # one per allowed child, in order

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from itertools import islice
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -144,7 +145,7 @@ class TrieBeamSearch:
     def ranked(self) -> list[tuple[str, float]]:
         items = []
         for score, node in sorted(self.finished, key=lambda f: (-f[0], f[1])):
-            items += [(item, score) for item in self.view.items_below(node)]
+            items += [(item, score) for item in islice(self.view.items_below(node), self.num_items - len(items))]
             if len(items) >= self.num_items:
                 break
         return items[: self.num_items]
