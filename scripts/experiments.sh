@@ -9,7 +9,7 @@
 # weight chosen on validation) -> runs/NAME/<schedule>-s<seed>; evaluations of each student alone and fused with
 # SASRec (one evaluation when the tuned weight is 0), of SASRec and of most-popular -> docs/results/NAME/*.json;
 # each student's training log and fusion sweep -> docs/results/NAME/training/; a table (mean ± sd over seeds) and
-# plot by hatllm.evaluation.report, and the validation curves of every finished student in runs/NAME ->
+# plot by hatllm.evaluation.report, and the validation curves of every finished student (its kept log) ->
 # docs/results/NAME/learning_curves.png. Reruns skip what exists and resume an interrupted student, so two shells
 # can share the work by taking different seeds.
 set -euo pipefail
@@ -44,6 +44,6 @@ done
 [ -f "$out/sasrec.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method sasrec --model "$runs/sasrec" --out "$out/sasrec.json"
 [ -f "$out/popular.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method popular --out "$out/popular.json"
 $py -m hatllm.evaluation.report "$out" --title "$name"
-students=()
-for dir in "$runs"/*-s*; do [ -f "$dir/fusion.json" ] && students+=("$dir"); done
+students=()  # every finished student's kept log, so the curves outlive runs/
+for log in "$out"/training/*-s*.json; do [[ $log == *-fusion_sweep.json ]] || students+=("$log"); done
 $py -m hatllm.evaluation.learning_curves "$out/learning_curves.png" "${students[@]}"

@@ -202,3 +202,12 @@ def test_report_groups_seeds_into_mean_and_sd(tmp_path):
     table = report.main([str(tmp_path)])
     assert "| hatllm | 3 |" in table and "0.2000 ± 0.1000" in table and "| popular | 1 |" in table
     assert (tmp_path / "metrics.png").stat().st_size > 0
+
+
+def test_learning_curves_read_run_folders_and_kept_logs(trained, tmp_path):
+    from hatllm.evaluation import learning_curves
+
+    kept = tmp_path / "hat-s0.json"  # scripts/experiments.sh keeps each student's log under this name
+    kept.write_text((trained / "training.json").read_text())
+    learning_curves.main([str(tmp_path / "curves.png"), str(trained), str(kept)])
+    assert (tmp_path / "curves.png").stat().st_size > 0
