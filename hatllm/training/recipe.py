@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hatllm.training import sasrec, train, tune_fusion
 
-STUDENT_DEFAULTS = ["--size", "mini", "--bf16", "--lr", "2e-3", "--batch-size", "8", "--epochs", "10", "--patience", "4"]
+STUDENT_DEFAULTS = ["--size", "mini", "--lr", "2e-3", "--batch-size", "8", "--epochs", "10", "--patience", "4"]
 
 
 def main(argv: list[str] | None = None) -> Path:
