@@ -204,9 +204,9 @@ def parse_args(argv: list[str] | None):
 
 
 def native_bf16(device: str) -> bool:
-    """Whether bf16 autocast speeds training up on `device`: CPUs with AVX512-BF16 or AMX (1.4x over fp32
-    on this project's recipe), CUDA GPUs that support it. Elsewhere bf16 is emulated: an AVX2-only CPU
-    trained the amazon-games student about 10x slower in bf16 than in fp32."""
+    """Whether bf16 autocast speeds training up on `device`: CPUs that oneDNN runs bf16 on (AVX-512 and
+    newer; 1.4x over fp32 on this project's recipe with AVX512-BF16), CUDA GPUs that support it. On an
+    AVX2-only CPU bf16 is emulated: it trained the amazon-games student about 10x slower than fp32."""
     if torch.device(device).type == "cuda":
         return torch.cuda.is_bf16_supported()
     return torch.device(device).type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
