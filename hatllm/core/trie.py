@@ -219,8 +219,8 @@ class _PatchedItemOrder(Sequence[str | None]):
     """A patched trie's `item_order`: the base's entries (None where removed), then the added trie's. An
     overlay, not a copy: copying a million entries per change held the GIL for 50-75 ms."""
 
-    def __init__(self, base: Sequence[str], added: Sequence[str], removed_positions: np.ndarray):
-        self.base, self.added, self.removed = base, added, set(removed_positions.tolist())
+    def __init__(self, base: Sequence[str], added: Sequence[str], removed: set[str]):
+        self.base, self.added, self.removed = base, added, removed
 
     def __len__(self) -> int:
         return len(self.base) + len(self.added)
@@ -230,7 +230,8 @@ class _PatchedItemOrder(Sequence[str | None]):
             raise IndexError(position)
         if position >= len(self.base):
             return self.added[position - len(self.base)]
-        return None if position in self.removed else self.base[position]
+        item = self.base[position]
+        return None if item in self.removed else item
 
 
 class PatchedTrie(_Navigation):
@@ -249,7 +250,7 @@ class PatchedTrie(_Navigation):
         self._to_base: dict[int, int] = dict(zip(*(nodes.tolist() for nodes in _shared_nodes(added, base))))
         self._from_base = {b: a for a, b in self._to_base.items()}
         self.removed_positions = np.array([base.position[item] for item in self.removed], np.int64)
-        self.item_order = _PatchedItemOrder(base.item_order, added.item_order, self.removed_positions)
+        self.item_order = _PatchedItemOrder(base.item_order, added.item_order, self.removed)
         self.longest_path = max(base.longest_path, added.longest_path)
         self.code_depth = base.code_depth
         self.tie_order = np.r_[base.tie_order, added.tie_order + len(base.item_order)]  # added items follow

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     fig, (by_epoch, by_minute) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for run in args.runs:
         log = load_log(run)
-        ndcg = [row["valid_ndcg@10"] for row in log]
-        by_epoch.plot([row["epoch"] for row in log], ndcg, ".-", label=run.stem if run.is_file() else run.name)
-        by_minute.plot([row["minutes"] for row in log], ndcg, ".-", label=run.name)
+        ndcg, label = [row["valid_ndcg@10"] for row in log], run.stem if run.is_file() else run.name
+        by_epoch.plot([row["epoch"] for row in log], ndcg, ".-", label=label)
+        by_minute.plot([row["minutes"] for row in log], ndcg, ".-", label=label)
     by_epoch.set(xlabel="epoch", ylabel="NDCG@10", title=args.title)
     by_minute.set(xlabel="training minutes (2-core CPU)")
     by_epoch.legend()
