@@ -1,6 +1,7 @@
 """Training and evaluation CLIs end to end on a tiny dataset (seconds)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -160,10 +161,15 @@ def test_sensitivity_table_reads_schedule_and_loss_from_the_checkpoint(trained, 
     assert (tmp_path / "sensitivity.png").stat().st_size > 0
 
 
-def test_no_epoch_starts_that_would_end_past_the_budget():
-    assert train.next_epoch_fits(0.0, 0, 1.0) and train.next_epoch_fits(1e9, 5, None)
-    assert train.next_epoch_fits(40.0, 2, 1.0)  # 20 s epochs: the third ends at 60 s, within a minute
-    assert not train.next_epoch_fits(42.0, 2, 1.0)  # 21 s epochs: the third would end at 63 s
+def test_the_budget_plans_the_epochs_and_the_schedule_ends_with_them():
+    assert train.planned_epochs(10, 0.0, 0, 1.0) == 10 and train.planned_epochs(10, 1e9, 5, None) == 10
+    assert train.planned_epochs(10, 40.0, 2, 1.0) == 3  # 20 s epochs: the third ends at 60 s, within a minute
+    assert train.planned_epochs(10, 42.0, 2, 1.0) == 2  # 21 s epochs: the third would end at 63 s
+    assert train.planned_epochs(4, 40.0, 2, 10.0) == 4  # the budget fits 30, --epochs says 4
+    assert train.planned_epochs(10, 90.0, 2, 1.0) == 2  # already past the budget: stop, never plan fewer than done
+    assert train.warmup_cosine(0, 10, 100) == 0.1 * 0.5 * (1 + math.cos(0.0))
+    assert train.warmup_cosine(9, 10, 100) > 0.98 > train.warmup_cosine(50, 10, 100) == pytest.approx(0.5)
+    assert train.warmup_cosine(100, 10, 100) == train.warmup_cosine(120, 10, 100) == 0.0
 
 
 def test_recipe_trains_teacher_student_and_fusion(tiny_dataset, tmp_path):

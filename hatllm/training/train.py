@@ -17,8 +17,10 @@ Two recipes:
 
 Training runs to convergence: after every epoch the validation users are ranked by the same constrained
 search as the service (NDCG@10, seen items excluded), the best epoch's checkpoint is kept in `--out`,
-and training stops after `--patience` epochs without a better one. The whole training state is saved
-after each epoch, so `--resume` continues an interrupted run and ends with the same model.
+and training stops after `--patience` epochs without a better one. With `--max-minutes` the run plans
+the epochs that fit by the mean epoch so far, and the learning-rate cosine ends with the last of them.
+The whole training state is saved after each epoch, so `--resume` continues an interrupted run and ends
+with the same model.
 """
 
 from __future__ import annotations
@@ -184,7 +186,8 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--epochs", type=int, default=100, help="most epochs (early stopping usually ends sooner)")
     p.add_argument("--patience", type=int, default=5, help="epochs without a better validation NDCG@10 before stopping")
     p.add_argument("--max-minutes", type=float,
-                   help="training time budget: no epoch starts that would end past it (judged by the mean epoch so far)")
+                   help="training time budget: no epoch starts that would end past it (judged by the mean epoch so far), "
+                        "and the learning-rate schedule ends with the last epoch that fits")
     p.add_argument("--valid-users", type=int, help="rank a fixed random sample of validation users (default: all)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -248,12 +251,12 @@ def main(argv: list[str] | None = None) -> Path:
         valid = random.Random(args.seed).sample(valid, args.valid_users)
 
     steps_per_epoch = math.ceil(len(windows) / args.batch_size)
-    total_steps = steps_per_epoch * args.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    warmup = max(1, min(total_steps // 20, steps_per_epoch // 2))
+    warmup = max(1, min(steps_per_epoch * args.epochs // 20, steps_per_epoch // 2))
+    planned = args.epochs
+    # the lambda reads `planned` when called, so the cosine ends where the budget's latest plan ends
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-    )
+        optimizer, lambda step: warmup_cosine(step, warmup, steps_per_epoch * planned))
     log, best, best_epoch, epoch, seconds = [], -1.0, 0, 0, 0.0
     if args.teacher_init and state is None:
         objective.init_codes_from_teacher(model)
@@ -267,8 +270,9 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"dataset": str(args.data), "schedule": model.config.hat_layer_types, "args": vars(args),
             "train_windows": len(windows), "train_tokens": tokens}
-    stop_at = min(args.epochs, epoch + args.stop_after) if args.stop_after else args.epochs
-    while epoch < stop_at and epoch - best_epoch < args.patience and next_epoch_fits(seconds, epoch, args.max_minutes):
+    stop_at = epoch + args.stop_after if args.stop_after else args.epochs
+    planned = planned_epochs(args.epochs, seconds, epoch, args.max_minutes)
+    while epoch < min(planned, stop_at) and epoch - best_epoch < args.patience:
         epoch += 1
         started = time.time()
         model.train()
@@ -287,7 +291,9 @@ def main(argv: list[str] | None = None) -> Path:
         ranker = LLMRanker(model, catalog)
         ndcg = evaluate_ranker(ranker, valid, titles, progress=False)["NDCG@10"]
         seconds += time.time() - started
-        log.append({"epoch": epoch, "loss": round(total / len(order), 4), "valid_ndcg@10": ndcg, "minutes": round(seconds / 60, 2)})
+        planned = planned_epochs(args.epochs, seconds, epoch, args.max_minutes)
+        log.append({"epoch": epoch, "loss": round(total / len(order), 4), "valid_ndcg@10": ndcg,
+                    "minutes": round(seconds / 60, 2), "planned_epochs": planned})
         print(json.dumps(log[-1]), flush=True)
         if ndcg > best:
             best, best_epoch = ndcg, epoch
@@ -300,12 +306,19 @@ def main(argv: list[str] | None = None) -> Path:
     return out
 
 
-def next_epoch_fits(seconds: float, epochs_done: int, max_minutes: float | None) -> bool:
-    """Whether one more epoch of the mean length so far ends within the budget (a recipe's total must hold)."""
-    if not max_minutes:
-        return True
-    mean_epoch = seconds / epochs_done if epochs_done else 0.0
-    return seconds + mean_epoch <= max_minutes * 60
+def planned_epochs(epochs: int, seconds: float, epochs_done: int, max_minutes: float | None) -> int:
+    """The epochs this run trains: `epochs`, or as many as fit in the budget by the mean epoch so far (no
+    epoch starts that would end past it, so a recipe's total holds). The learning-rate cosine ends there, so
+    a run that its budget cuts short still anneals. It depends only on the saved state: a resumed run plans
+    as the uninterrupted one did."""
+    if not max_minutes or not epochs_done:
+        return epochs
+    return max(epochs_done, min(epochs, math.floor(max_minutes * 60 * epochs_done / seconds)))
+
+
+def warmup_cosine(step: int, warmup: int, total_steps: int) -> float:
+    """The learning-rate factor: a linear warmup, then a cosine from 1 at step 0 to 0 at `total_steps`."""
+    return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
 def write_progress(meta: dict, log: list[dict], best: float, best_epoch: int, seconds: float, out: Path, title: str) -> None:
