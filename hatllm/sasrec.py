@@ -49,8 +49,13 @@ class SASRec(nn.Module):
         causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=seqs.device), 1)
         return self.norm(self.blocks(x, mask=causal))
 
+    @property
+    def item_vectors(self) -> torch.Tensor:
+        """The output embedding of every item, in item-index order (the input embeddings, tied; 0 is padding)."""
+        return self.item_emb.weight[1:]
+
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self.item_emb.weight[1:].T  # index 0 is padding
+        return hidden @ self.item_vectors.T
 
 
 def left_pad(seqs: list[list[int]], length: int) -> torch.Tensor:

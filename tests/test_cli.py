@@ -107,7 +107,7 @@ def test_teacher_init_copies_the_teachers_item_geometry(teacher, tiny_dataset):
     objective = train.CodeObjective(codes, sorted(titles), ranker)
     objective.init_codes_from_teacher(model)
     student = model.get_input_embeddings().weight[objective.code_ids, :64].detach()
-    source = ranker.model.item_emb.weight[1:][objective.teacher_order].detach()
+    source = ranker.model.item_vectors[objective.teacher_order].detach()
     assert torch.allclose(student / student.norm(dim=1, keepdim=True), source / source.norm(dim=1, keepdim=True), atol=1e-5)
     assert torch.equal(model.lm_head.weight, model.get_input_embeddings().weight)  # tied: scoring uses them too
 

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from hatllm.data import DEFAULT_MAX_HISTORY, Split, leave_one_out, load_dataset
 from hatllm.evaluation.metrics import evaluate_ranker
 from hatllm.evaluation.plots import plot_validation
 from hatllm.sasrec import SASRec, SASRecRanker, left_pad
+from hatllm.training.linear_cross_entropy import linear_cross_entropy
 
 
 def train(split: Split, item_ids: list[str], seed: int, max_epochs: int = 400, patience: int = 10,
@@ -50,7 +50,7 @@ def train(split: Split, item_ids: list[str], seed: int, max_epochs: int = 400, p
             inputs = left_pad([w[:-1] for w in batch], max_len).to(ranker.device)
             targets = left_pad([w[1:] for w in batch], max_len).to(ranker.device)
             real = targets != 0  # score only real positions: the full softmax is most of the cost
-            loss = F.cross_entropy(model.scores(model(inputs)[real]), targets[real] - 1)
+            loss = linear_cross_entropy(model(inputs)[real], model.item_vectors, targets[real] - 1)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -119,7 +119,7 @@ class CodeObjective:
     def init_codes_from_teacher(self, model) -> None:
         """Start each code embedding from the teacher's item embedding (its first dims, rescaled to the
         model's init scale): the collaborative geometry is there from the first step."""
-        source = self.teacher.model.item_emb.weight[1:][self.teacher_order]
+        source = self.teacher.model.item_vectors[self.teacher_order]
         source = source * (model.config.initializer_range / source.std())
         embeddings = model.get_input_embeddings().weight
         embeddings[self.code_ids, : source.shape[1]] = source.to(embeddings.device)
