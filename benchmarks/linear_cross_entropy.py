@@ -23,7 +23,7 @@ from hatllm.training.linear_cross_entropy import linear_cross_entropy
 def time_head(loss_fn, hidden: torch.Tensor, weight: torch.Tensor, repeats: int) -> tuple[float, tuple]:
     """Median seconds of loss + backward, and the last run's (loss, grad of hidden, grad of weight)."""
     seconds = []
-    for _ in range(repeats + 1):  # the first run warms up allocator and thread pool, untimed
+    for _ in range(repeats + 1):  # the first run warms up allocator and thread pool: dropped
         hidden.grad = weight.grad = None
         started = time.perf_counter()
         loss = loss_fn(hidden, weight)

@@ -5,8 +5,8 @@ gradient to memory (for SASRec on ml-latest-small: 6,400 positions x 9,742 items
 traffic is most of a training step. Here each chunk's logits are turned into their gradient while still in
 cache, and both matmuls of the backward pass are done right away: the same loss and gradients (to float
 rounding), 1.5-2.5x faster for that head on a 2-core CPU (`benchmarks/linear_cross_entropy.py`), and no
-[rows, vocabulary] tensor is kept. Liger
-Kernel and Cut Cross-Entropy do this for GPUs in Triton; neither runs on a CPU.
+[rows, vocabulary] tensor is kept. Liger Kernel and Cut Cross-Entropy do this for GPUs in Triton; neither
+runs on a CPU.
 """
 
 from __future__ import annotations
