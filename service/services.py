@@ -105,7 +105,8 @@ class Services:
         """What /readyz reports, also exported as hatrec_dependency_up."""
         try:
             redis_ok = await self.store.ping()
-        except STORE_ERRORS:
+        except STORE_ERRORS as exc:
+            log.warning("Redis did not answer the health check: %r", exc)
             redis_ok = False
         checks = {"redis": redis_ok, "catalog": self.catalog.current is not None, "engine": self.engine.ready,
                   "warmed_up": self.warmed_up}

@@ -463,19 +463,21 @@ def test_metrics_exposed(client, services):
         assert recommend(client, user_id="alice", k=2).status_code == 429
     finally:
         admission.in_flight = 0
-    # An item added after training shares the code of "Heat (1995)": telling the two apart takes beams
-    # that extend the prompt, which the tail store serves.
+    # An item added after training shares the code of "Heat (1995)", and with it the code's score.
     assert client.put("/admin/catalog/items", json={"items": [{"item_id": "90", "title": "Heat 2 (2025)"}]}).status_code == 200
     body = recommend(client, user_id="alice", k=2, exclude_seen=False, filters={"allow": ["3", "90"]}).json()
     assert {i["item_id"] for i in body["items"]} == {"3", "90"}
+    assert body["items"][0]["score"] == body["items"][1]["score"]
     assert client.delete("/admin/catalog/items/90").status_code == 200
-    # Still ready after the catalog changes. Redis itself may stall past the 1 s timeout for a moment (it
-    # fsyncs every write, and CI disks are slow), so readiness is given a few seconds, as a probe's threshold does.
+    # Still ready after the catalog changes. Redis itself may stall past the test's 0.5 s timeout for a moment (it
+    # fsyncs every write, and CI disks are slow), and the health watcher can record such a stall between /readyz
+    # and the scrape, so readiness and its gauge are given a few seconds to agree, as a probe's threshold does.
     deadline = time.monotonic() + 5
-    while (ready := client.get("/readyz")).status_code != 200:
+    redis_up = "hatrec_dependency_up", frozenset({("dependency", "redis")})
+    while (ready := client.get("/readyz")).status_code != 200 or \
+            (samples := metric_samples(client.get("/metrics").text))[redis_up] != 1:
         assert time.monotonic() < deadline, ready.json()
         time.sleep(0.2)
-    samples = metric_samples(client.get("/metrics").text)
 
     def value(name: str, **labels: str) -> float:
         return samples[name, frozenset(labels.items())]
@@ -490,12 +492,9 @@ def test_metrics_exposed(client, services):
     assert value("hatrec_catalog_version") >= 1
     assert value("hatrec_recommend_rejected_total", reason="queue_full") >= 1
     assert value("hatrec_dependency_up", dependency="engine") == 1
-    assert value("hatrec_dependency_up", dependency="redis") == 1
     assert value("hatrec_http_requests_in_flight") >= 0 and value("hatrec_recommend_queue_depth") >= 0
     assert value("hatrec_recommend_admission_limit") == 64
     assert any(name.startswith("vllm:") for name, _ in samples)  # the engine's own metrics
-    # Beams reused their prompt's partial last block from the tail store (model_patch.kv_tail).
-    assert sum(v for (name, _), v in samples.items() if name == "vllm:external_prefix_cache_hits_total") > 0
     assert not any("alice" in label for _, labels in samples for _, label in labels)  # no user ids in labels
 
 def test_fuzzed_requests_never_get_500(client, catalog_restored):
