@@ -13,6 +13,13 @@ from hatllm.training.tokenizer import ITEM_CLOSE, ITEM_OPEN, train_tokenizer
 from tests.helpers import CODE_TOKENS, TITLES, tiny_model
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """`-q` hides pytest-randomly's header: a failed run still says how to repeat its order."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED) and isinstance(seed, int):
+        terminalreporter.write_line(f"tests ran in a random order: repeat it with --randomly-seed={seed}")
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     """Title BPE plus one code token per item, as the training recipe builds it."""

@@ -32,7 +32,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_logits[torch.arange(len(t), device=t.device), t] -= 1
             grad_hidden[start : start + chunk_rows] = grad_logits @ weight
             grad_weight.addmm_(grad_logits.T, h)
-        ctx.save_for_backward(grad_hidden / rows, grad_weight / rows)
+        ctx.save_for_backward(grad_hidden.div_(rows), grad_weight.div_(rows))
         return loss / rows
 
     @staticmethod
