@@ -2,9 +2,9 @@
 
 Scopes:
   read     POST /recommend and the catalog reads, for any user id
-  trusted  with read: combine `exclude_seen` (the stored history) with an allow-list, which tells exactly
-           which of the listed items a user has seen
-  write    POST /events
+  trusted  GET /users/{id}/history; with read: combine `exclude_seen` (the stored history) with an
+           allow-list, which tells exactly which of the listed items a user has seen
+  write    POST /events, DELETE /users/{id}/history
   admin    the catalog writes (/admin/...)
 
 Keys come from HATREC_API_KEYS (JSON) or the file HATREC_API_KEYS_FILE, both a list of

@@ -104,3 +104,13 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class UserHistory(BaseModel):
+    user_id: str
+    item_ids: list[str] = Field(description="the stored history, oldest first (at most HATREC_HISTORY_CAP items)")
+
+
+class HistoryErased(BaseModel):
+    user_id: str
+    erased: int = Field(description="items removed from the stored history (0: there was none)")

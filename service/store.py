@@ -113,6 +113,11 @@ class Store:
         """The user's last `last` items, oldest first."""
         return await self.redis.lrange(self.keys.history(user_id), -last, -1)
 
+    async def erase_history(self, user_id: str) -> int:
+        """Delete the user's history; how many items it held."""
+        length, _ = await self._transaction([("llen", self.keys.history(user_id)), ("delete", self.keys.history(user_id))])
+        return length
+
     async def append_events(self, events: Iterable[tuple[str, str]]) -> int:
         """Append (user id, item id) pairs in order; one transaction for the whole batch."""
         by_user: dict[str, list[str]] = defaultdict(list)

@@ -323,6 +323,20 @@ def test_events_append_and_unknown_items_rejected_whole(client, raw_redis):
     assert body["strategy"] == "model" and body["history_length"] == 2
 
 
+def test_a_history_is_read_and_erased(client, raw_redis):
+    events = [{"user_id": "leaving", "item_id": item} for item in ["2", "5", "8"]]
+    assert client.post("/events", json={"events": events}).json() == {"accepted": 3}
+    assert client.get("/users/leaving/history").json() == {"user_id": "leaving", "item_ids": ["2", "5", "8"]}
+    popularity = raw_redis.zscore(KEYS.popularity, "5")
+    assert client.delete("/users/leaving/history").json() == {"user_id": "leaving", "erased": 3}
+    assert not raw_redis.exists(KEYS.history("leaving"))
+    assert client.get("/users/leaving/history").json()["item_ids"] == []
+    assert raw_redis.zscore(KEYS.popularity, "5") == popularity  # per-item counts, no user id in them
+    assert recommend(client, user_id="leaving", k=2).json()["strategy"] == "cold_start_popular"
+    assert client.delete("/users/leaving/history").json()["erased"] == 0  # a repeated request erases nothing more
+    assert client.get("/users/" + "u" * 129 + "/history").status_code == 422
+
+
 def test_catalog_update_while_serving(client, raw_redis):
     version = client.get("/catalog").json()["version"]
     added = client.put("/admin/catalog/items", json={"items": [{"item_id": "9", "title": "Heat 2 (2025)"}]})
@@ -399,6 +413,11 @@ def test_api_key_scopes(client, services):
     retitle = {"items": [{"item_id": "1", "title": TITLES["1"]}]}
     assert client.put("/admin/catalog/items", json=retitle, headers={"X-API-Key": READER}).status_code == 403
     assert client.put("/admin/catalog/items", json=retitle, headers={"X-API-Key": ADMIN}).status_code == 200
+    # A user's history is personal data: read by trusted keys, erased by writers.
+    assert client.get("/users/x/history", headers={"X-API-Key": READER}).status_code == 403
+    assert client.get("/users/x/history", headers={"X-API-Key": TRUSTED}).json()["item_ids"][-1] == "1"
+    assert client.delete("/users/x/history", headers={"X-API-Key": READER}).status_code == 403
+    assert client.delete("/users/x/history", headers={"X-API-Key": WRITER}).json()["erased"] >= 1
     assert client.get("/readyz").status_code == 200 and client.get("/metrics").status_code == 200  # ops stay open
 
 
