@@ -31,7 +31,6 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
 
-from model_patch.kv_tail import DEFAULT_MAX_TAILS  # noqa: E402
 
 DEFAULT_MODEL = "models/ml-latest-small-hat"
 DEFAULT_DATA = "data/ml-latest-small"
@@ -248,8 +247,9 @@ def main() -> None:
     p.add_argument("--block-size", type=int, default=16, help="KV block size of the vLLM engines (tokens)")
     p.add_argument("--executor", choices=["uni", "mp"], default="uni",
                    help="(a) and (d): model worker inside the engine-core process (uni, as served) or its own (mp)")
-    p.add_argument("--kv-tails", type=int, default=DEFAULT_MAX_TAILS,
-                   help="partial last KV blocks kept for beams (model_patch.kv_tail) by engine and floor; 0: off")
+    p.add_argument("--kv-tails", type=int,
+                   help="partial last KV blocks kept for beams (model_patch.kv_tail) by engine and floor; 0: off; "
+                        "default: as served (off for a model with one-token item codes)")
     p.add_argument("--fusion", action=argparse.BooleanOptionalAction, default=True,
                    help="engine: fuse the checkpoint's SASRec prior as the service does (if it has fusion.json)")
     p.add_argument("--out", default="docs/results/topk_decoding")
@@ -262,7 +262,8 @@ def main() -> None:
                    machine=f"{os.cpu_count()} CPU cores, VLLM_CPU_OMP_THREADS_BIND="
                            f"{os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto (one core)')}, {args.dtype}, "
                            f"KV blocks of {args.block_size} "
-                           f"tokens, executor {args.executor}", methods={})
+                           f"tokens, executor {args.executor}, tail store "
+                           f"{'as served' if args.kv_tails is None else args.kv_tails}", methods={})
     for method in args.methods:
         result_file = Path(args.out).with_name(f".{method}.json")
         result_file.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from hatllm.core.fusion import ItemPrior
+from hatllm.core.item_codes import ItemCodes
 from hatllm.core.search import MAX_BEAM_WIDTH, Beam, SearchResult, TrieBeamSearch
 from hatllm.core.trie import TrieView
 from model_patch.kernels import hat_attention_ops
@@ -52,15 +53,24 @@ REQUIRED_ENGINE_ARGS = dict(
 )
 
 
-def engine_args(model: str, kv_tails: int = DEFAULT_MAX_TAILS, **overrides: Any) -> AsyncEngineArgs:
+def default_kv_tails(model: str) -> int:
+    """The tail store's size for `model`: none where every search is one request (one-token item codes), since
+    then no beam extends a prompt, the store never hits, and keeping tails costs ~5% (docs/topk_decoding.md)."""
+    codes = ItemCodes.load(model)
+    return 0 if codes is not None and codes.depth == 1 else DEFAULT_MAX_TAILS
+
+
+def engine_args(model: str, kv_tails: int | None = None, **overrides: Any) -> AsyncEngineArgs:
     """Engine arguments for top-K serving of `model` (any HatLLM or plain checkpoint vLLM can load).
 
     `kv_tails` > 0 keeps that many prompts' partial last KV blocks for the beams that extend them
-    (`model_patch.kv_tail`); 0 leaves vLLM's full-block prefix caching alone.
+    (`model_patch.kv_tail`); 0 leaves vLLM's full-block prefix caching alone; None: `default_kv_tails`.
     """
     conflicts = {k: v for k, v in overrides.items() if k in REQUIRED_ENGINE_ARGS and v != REQUIRED_ENGINE_ARGS[k]}
     if conflicts:
         raise ValueError(f"constrained top-K needs the engine settings {REQUIRED_ENGINE_ARGS}, got {conflicts}")
+    if kv_tails is None:
+        kv_tails = default_kv_tails(model)
     if kv_tails:
         overrides["kv_transfer_config"] = kv_tail_transfer_config(kv_tails)
     return AsyncEngineArgs(model=model, **{**overrides, **REQUIRED_ENGINE_ARGS})

@@ -84,8 +84,9 @@ class Settings(BaseSettings):
     kv_cache_gib: int = Field(2, ge=1, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE)")
     kv_block_size: int = Field(16, ge=1,
                                description="KV-cache block in tokens (16: the smallest vLLM's CPU kernels take)")
-    kv_tails: int = Field(1024, ge=0, description="prompts' partial last KV blocks kept so that beam requests extending "
-                                                "them skip recomputing it (model_patch.kv_tail); 0: off")
+    kv_tails: int | None = Field(None, ge=0, description="prompts' partial last KV blocks kept so that beam requests "
+                                 "extending them skip recomputing it (model_patch.kv_tail); 0: off; unset: 1024, or off "
+                                 "for a model with one-token item codes, whose searches are one request")
     max_model_len: int = Field(2048, description="longest prompt + title, in tokens")
     max_num_seqs: int = Field(512, description="engine batch size (beams of all requests share steps)")
     max_num_batched_tokens: int = Field(8192, description="tokens per engine step")

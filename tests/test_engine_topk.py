@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hatllm.core.catalog import ModelCatalog
+from hatllm.core.item_codes import ItemCodes
 from hatllm.core.trie import TitleTrie
 from hatllm.reference.modeling import forward, load_model, logits
 from hatllm.reference.search import constrained_beam_search
@@ -29,9 +30,12 @@ TITLE_LIST = list(TITLES.values())
 def engine_search(hat_checkpoint):
     """`run(coroutine)` on the engine's loop, and the `EngineTopK` bound to it."""
     from model_patch.engine_topk import EngineTopK, engine_args, start_engine
+    from model_patch.kv_tail import DEFAULT_MAX_TAILS
 
-    args = engine_args(str(hat_checkpoint), dtype="float32", max_model_len=256, block_size=16, enforce_eager=True,
-                       seed=0, distributed_executor_backend="uni")  # as served
+    # As served, but with the tail store, which the service leaves off for this checkpoint (one-token codes):
+    # the engine must stay exact with it, for models whose beams extend their prompts.
+    args = engine_args(str(hat_checkpoint), kv_tails=DEFAULT_MAX_TAILS, dtype="float32", max_model_len=256,
+                       block_size=16, enforce_eager=True, seed=0, distributed_executor_backend="uni")
     engine = start_engine(args)
     with asyncio.Runner() as runner:
         yield runner.run, EngineTopK(engine)
@@ -152,6 +156,18 @@ def test_worker_runs_inside_the_engine_core(engine_search):
     _, topk = engine_search
     assert topk.engine.vllm_config.parallel_config.distributed_executor_backend == "uni"
     assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in os.environ
+
+
+def test_the_tail_store_is_left_off_where_every_search_is_one_request(hat_checkpoint, tmp_path):
+    from model_patch.engine_topk import default_kv_tails, engine_args
+    from model_patch.kv_tail import DEFAULT_MAX_TAILS
+
+    assert default_kv_tails(str(hat_checkpoint)) == 0  # one-token codes: no beam extends a prompt
+    assert engine_args(str(hat_checkpoint)).kv_transfer_config is None
+    assert default_kv_tails(str(tmp_path)) == DEFAULT_MAX_TAILS  # titles only: beams extend the prompt
+    ItemCodes({"1": (300, 301), "2": (300, 302)}).save(tmp_path)
+    assert default_kv_tails(str(tmp_path)) == DEFAULT_MAX_TAILS  # two-token codes: a second round
+    assert engine_args(str(tmp_path)).kv_transfer_config.kv_connector == "HatKVTailConnector"
 
 
 def test_beam_request_reuses_the_prompts_partial_block(engine_search, hat_checkpoint, builder):

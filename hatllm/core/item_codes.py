@@ -40,6 +40,11 @@ class ItemCodes:
     def __len__(self) -> int:
         return len(self.codes)
 
+    @property
+    def depth(self) -> int:
+        """Tokens in the longest code: with 1, the code decides the item and a search is one model step."""
+        return max(map(len, self.codes.values()), default=0)
+
     @staticmethod
     def code_tokens(num_items: int) -> list[str]:
         return [CODE_TOKEN.format(i) for i in range(num_items)]
