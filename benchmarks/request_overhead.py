@@ -32,15 +32,15 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-from vllm import SamplingParams  # noqa: E402
-from vllm.sampling_params import RequestOutputKind  # noqa: E402
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
 
-from hatllm.core.catalog import ModelCatalog  # noqa: E402
-from hatllm.core.trie import ROOT  # noqa: E402
-from hatllm.data import leave_one_out, load_dataset  # noqa: E402
-from model_patch.engine_topk import engine_args, start_engine  # noqa: E402
-from model_patch.trie_mask import trie_mask_args  # noqa: E402
-from service.engine import cpu_bind  # noqa: E402
+from hatllm.core.catalog import ModelCatalog
+from hatllm.core.trie import ROOT
+from hatllm.data import leave_one_out, load_dataset
+from model_patch.engine_topk import engine_args, start_engine
+from model_patch.trie_mask import trie_mask_args
+from service.engine import cpu_bind
 
 REPO = Path(__file__).resolve().parents[1]
 HISTORY = 20  # the service's default max_history

@@ -26,11 +26,11 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-from benchmarks.catalog_scale import BASE_DATA, DEFAULT_MODEL, synthetic_items  # noqa: E402
-from hatllm.core.catalog import ModelCatalog  # noqa: E402
-from hatllm.data import load_dataset  # noqa: E402
-from model_patch.engine_topk import EngineTopK, engine_args, output_batches, start_engine  # noqa: E402
-from service.engine import cpu_bind  # noqa: E402
+from benchmarks.catalog_scale import BASE_DATA, DEFAULT_MODEL, synthetic_items
+from hatllm.core.catalog import ModelCatalog
+from hatllm.data import load_dataset
+from model_patch.engine_topk import EngineTopK, engine_args, output_batches, start_engine
+from service.engine import cpu_bind
 
 HISTORY = 50  # the default model's hat_max_history, as the service uses it
 
