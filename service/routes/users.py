@@ -10,7 +10,8 @@ router = APIRouter(tags=["users"])
 
 @router.get("/users/{user_id}/history", response_model=UserHistory, dependencies=[Depends(require("trusted"))])
 async def get_history(user_id: Id, services: ServicesDep) -> UserHistory:
-    """The stored history, as recommendations see it. A history is personal data: `trusted` keys only."""
+    """The whole stored history, oldest first: what `exclude_seen` excludes (prompts take its last
+    `max_history` items). A history is personal data: `trusted` keys only."""
     return UserHistory(user_id=user_id, item_ids=await services.store.history(user_id, services.settings.history_cap))
 
 
