@@ -31,7 +31,6 @@ from pathlib import Path
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
 
-
 DEFAULT_MODEL = "models/ml-latest-small-hat"
 DEFAULT_DATA = "data/ml-latest-small"
 K = 10

@@ -62,6 +62,7 @@ class Services:
         self._watchers: list[asyncio.Task] = []
         self.engine_failed = False
         self.migrated = self.warmed_up = False
+        self.redis_answered = True  # the last health check's answer: a change is logged, not every probe
 
     async def start(self) -> None:
         self.engine.start()
@@ -106,8 +107,12 @@ class Services:
         try:
             redis_ok = await self.store.ping()
         except STORE_ERRORS as exc:
-            log.warning("Redis did not answer the health check: %r", exc)
+            if self.redis_answered:
+                log.warning("Redis did not answer the health check: %r", exc)
             redis_ok = False
+        if redis_ok and not self.redis_answered:
+            log.warning("Redis answers the health check again")
+        self.redis_answered = redis_ok
         checks = {"redis": redis_ok, "catalog": self.catalog.current is not None, "engine": self.engine.ready,
                   "warmed_up": self.warmed_up}
         for name, ok in checks.items():

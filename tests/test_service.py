@@ -6,6 +6,7 @@ catalog restore it, and each test makes the requests its assertions are about.
 """
 
 import json
+import logging
 import os
 import threading
 import time
@@ -442,7 +443,8 @@ def test_titles_are_bounded_in_tokens(client, services, catalog_restored):
     assert recommend(client, user_id="alice", k=3).status_code == 200
 
 
-def test_redis_outage_fails_fast_and_recovers(client, redis_server, raw_redis):
+def test_redis_outage_fails_fast_and_recovers(client, redis_server, raw_redis, caplog):
+    caplog.set_level(logging.WARNING, logger="service.services")
     acked = client.post("/events", json={"user_id": "frank", "item_id": "4"})
     assert acked.status_code == 200
     redis_server.stop()
@@ -452,15 +454,20 @@ def test_redis_outage_fails_fast_and_recovers(client, redis_server, raw_redis):
         assert response.status_code == 503 and response.json()["error"]["code"] == "redis_unavailable"
         assert response.headers["Retry-After"] == "1" and time.monotonic() - started < 3
         assert client.post("/events", json={"user_id": "frank", "item_id": "5"}).status_code == 503
-        ready = client.get("/readyz")
-        assert ready.status_code == 503 and ready.json()["checks"]["redis"] is False
+        for _ in range(3):
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["redis"] is False
         assert client.get("/healthz").status_code == 200
     finally:
         redis_server.start()
     deadline = time.monotonic() + 10
-    while recommend(client, user_id="alice", k=3).status_code != 200:
+    while recommend(client, user_id="alice", k=3).status_code != 200 or client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, "service did not recover after Redis came back"
         time.sleep(0.2)
+    health_logs = [r.getMessage() for r in caplog.records if "answer the health check" in r.getMessage()
+                   or "answers the health check" in r.getMessage()]
+    assert health_logs[0].startswith("Redis did not answer") and health_logs[-1] == "Redis answers the health check again"
+    assert len(health_logs) == 2  # once when it went, once when it came back: not at every probe
     assert raw_redis.lrange(KEYS.history("frank"), 0, -1) == ["4"]  # acknowledged before the crash: kept
 
 
