@@ -464,10 +464,12 @@ def test_redis_outage_fails_fast_and_recovers(client, redis_server, raw_redis, c
     while recommend(client, user_id="alice", k=3).status_code != 200 or client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, "service did not recover after Redis came back"
         time.sleep(0.2)
-    health_logs = [r.getMessage() for r in caplog.records if "answer the health check" in r.getMessage()
-                   or "answers the health check" in r.getMessage()]
-    assert health_logs[0].startswith("Redis did not answer") and health_logs[-1] == "Redis answers the health check again"
-    assert len(health_logs) == 2  # once when it went, once when it came back: not at every probe
+    went_and_came_back = ["went" if "did not answer the health check" in r.getMessage() else "came back"
+                          for r in caplog.records if "answer the health check" in r.getMessage()
+                          or r.getMessage() == "Redis answers the health check again"]
+    # Logged when it went and when it came back, not at every probe (a stall of Redis may add another pair).
+    assert went_and_came_back[:1] == ["went"] and went_and_came_back[-1:] == ["came back"]
+    assert all(a != b for a, b in zip(went_and_came_back, went_and_came_back[1:])), went_and_came_back
     assert raw_redis.lrange(KEYS.history("frank"), 0, -1) == ["4"]  # acknowledged before the crash: kept
 
 
