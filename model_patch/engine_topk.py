@@ -53,10 +53,10 @@ REQUIRED_ENGINE_ARGS = dict(
 )
 
 
-def default_kv_tails(model: str) -> int:
-    """The tail store's size for `model`: none where every search is one request (one-token item codes), since
-    then no beam extends a prompt, the store never hits, and keeping tails costs ~5% (docs/topk_decoding.md)."""
-    codes = ItemCodes.load(model)
+def default_kv_tails(codes: ItemCodes | None) -> int:
+    """The tail store's size for a model with item `codes` (None: titles only): none where every search is one
+    request (one-token item codes), since then no beam extends a prompt, the store never hits, and keeping
+    tails costs ~5% (docs/topk_decoding.md)."""
     return 0 if codes is not None and codes.depth == 1 else DEFAULT_MAX_TAILS
 
 
@@ -70,7 +70,7 @@ def engine_args(model: str, kv_tails: int | None = None, **overrides: Any) -> As
     if conflicts:
         raise ValueError(f"constrained top-K needs the engine settings {REQUIRED_ENGINE_ARGS}, got {conflicts}")
     if kv_tails is None:
-        kv_tails = default_kv_tails(model)
+        kv_tails = default_kv_tails(ItemCodes.load(model))
     if kv_tails:
         overrides["kv_transfer_config"] = kv_tail_transfer_config(kv_tails)
     return AsyncEngineArgs(model=model, **{**overrides, **REQUIRED_ENGINE_ARGS})

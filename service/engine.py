@@ -9,9 +9,10 @@ from pathlib import Path
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from hatllm.core.fusion import ItemPrior
+from hatllm.core.item_codes import ItemCodes
 from hatllm.core.search import SearchResult
 from hatllm.core.trie import TrieView
-from model_patch.engine_topk import EngineTopK, engine_args, start_engine
+from model_patch.engine_topk import EngineTopK, default_kv_tails, engine_args, start_engine
 
 from .settings import Settings
 
@@ -30,8 +31,9 @@ def cpu_bind(setting: str) -> str:
 class Engine:
     """The service's one seam to vLLM: `start`, `search`, `ready`, `shutdown`."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, item_codes: ItemCodes | None):
+        """`item_codes`: the model's, as the catalog already loaded them (they decide the tail store's default)."""
+        self.settings, self.item_codes = settings, item_codes
         self.llm: AsyncLLM | None = None
         self.topk: EngineTopK | None = None
         self.name = Path(settings.model_path).name
@@ -41,7 +43,8 @@ class Engine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.settings.kv_cache_gib))
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_bind(self.settings.engine_cpu_bind))
         s = self.settings
-        args = engine_args(s.model_path, kv_tails=s.kv_tails, dtype=s.dtype, max_model_len=s.max_model_len,
+        kv_tails = default_kv_tails(self.item_codes) if s.kv_tails is None else s.kv_tails
+        args = engine_args(s.model_path, kv_tails=kv_tails, dtype=s.dtype, max_model_len=s.max_model_len,
                            max_num_seqs=s.max_num_seqs,
                            max_num_batched_tokens=s.max_num_batched_tokens, enforce_eager=s.enforce_eager,
                            block_size=s.kv_block_size, disable_log_stats=not s.engine_log_stats,

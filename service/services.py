@@ -55,8 +55,9 @@ class Services:
         self.store = Store(self.redis, Keys(settings.redis_prefix), settings.history_cap)
         tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
         self.builder = PromptBuilder.from_model_config(tokenizer, config)
-        self.catalog = CatalogCache(self.store, self.builder, ItemCodes.load(settings.model_path))
-        self.engine = Engine(settings)
+        item_codes = ItemCodes.load(settings.model_path)
+        self.catalog = CatalogCache(self.store, self.builder, item_codes)
+        self.engine = Engine(settings, item_codes)
         fusion = load_fusion(settings.model_path) if settings.fusion else None
         self.recommender = Recommender(settings, self.store, self.catalog, self.engine, fusion)
         self._watchers: list[asyncio.Task] = []

@@ -162,11 +162,11 @@ def test_the_tail_store_is_left_off_where_every_search_is_one_request(hat_checkp
     from model_patch.engine_topk import default_kv_tails, engine_args
     from model_patch.kv_tail import DEFAULT_MAX_TAILS
 
-    assert default_kv_tails(str(hat_checkpoint)) == 0  # one-token codes: no beam extends a prompt
+    assert default_kv_tails(ItemCodes.load(hat_checkpoint)) == 0  # one-token codes: no beam extends a prompt
     assert engine_args(str(hat_checkpoint)).kv_transfer_config is None
-    assert default_kv_tails(str(tmp_path)) == DEFAULT_MAX_TAILS  # titles only: beams extend the prompt
+    assert default_kv_tails(ItemCodes.load(tmp_path)) == DEFAULT_MAX_TAILS  # titles only: beams extend the prompt
     ItemCodes({"1": (300, 301), "2": (300, 302)}).save(tmp_path)
-    assert default_kv_tails(str(tmp_path)) == DEFAULT_MAX_TAILS  # two-token codes: a second round
+    assert default_kv_tails(ItemCodes.load(tmp_path)) == DEFAULT_MAX_TAILS  # two-token codes: a second round
     assert engine_args(str(tmp_path)).kv_transfer_config.kv_connector == "HatKVTailConnector"
 
 

@@ -10,19 +10,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def plot_curves(history: dict, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(history["step"], history["train_loss"], alpha=0.5, label="train loss")
-    ax.plot(history["valid_step"], history["valid_loss"], "o-", label="valid loss (target item)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy per token")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def plot_metric_bars(results: dict[str, dict[str, float]], metrics: list[str], path: Path, title: str) -> None:
     """Grouped bars: one group per metric, one bar per method."""
     fig, ax = plt.subplots(figsize=(8, 4))
