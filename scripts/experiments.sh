@@ -7,7 +7,7 @@
 # SASRec (the baseline and every student's teacher) -> runs/NAME/sasrec; per schedule and seed the recipe's
 # student (`hatllm.training.recipe`, the shared SASRec as its teacher, a cosine schedule of EPOCHS epochs, its fusion
 # weight chosen on validation) -> runs/NAME/<schedule>-s<seed>; evaluations of each student alone and fused with
-# SASRec (one evaluation when the tuned weight is 0), of SASRec and of most-popular -> docs/results/NAME/*.json;
+# SASRec (both from one pass; the LLM alone only when the tuned weight is 0), of SASRec and of most-popular -> docs/results/NAME/*.json;
 # each student's training log and fusion sweep -> docs/results/NAME/training/; a table (mean ± sd over seeds) and
 # plot by hatllm.evaluation.report, and the validation curves of every finished student (its kept log) ->
 # docs/results/NAME/learning_curves.png. Reruns skip what exists and resume an interrupted student, so two shells
@@ -28,15 +28,16 @@ for seed in $seeds; do
     cp "$dir/training.json" "$out/training/$schedule-s$seed.json"
     cp "$dir/fusion_sweep.json" "$out/training/$schedule-s$seed-fusion_sweep.json"
     label=$([ "$schedule" = causal ] && echo causal || echo hatllm)
-    [ -f "$out/$label-s$seed.json" ] || $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" --no-fusion \
-      --name "$label s$seed" --out "$out/$label-s$seed.json"
-    fused=$out/$label+sasrec-s$seed.json
-    if [ ! -f "$fused" ]; then
+    alone=$out/$label-s$seed.json fused=$out/$label+sasrec-s$seed.json
+    if [ ! -f "$alone" ] || [ ! -f "$fused" ]; then
       if $py -c 'import json, sys; sys.exit(json.load(open(sys.argv[1]))["weight"] == 0)' "$dir/fusion.json"; then
-        $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" --name "$label+sasrec s$seed" --out "$fused"
-      else  # tuned weight 0: the fused pipeline is the LLM alone, evaluated above
+        # one pass ranks both pipelines: the LLM's forward per user is shared
+        $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" --name "$label+sasrec s$seed" --out "$fused" \
+          --alone-name "$label s$seed" --alone-out "$alone"
+      else  # tuned weight 0: the fused pipeline is the LLM alone
+        $py -m hatllm.evaluation.evaluate --data "$data" --method llm --model "$dir" --no-fusion --name "$label s$seed" --out "$alone"
         $py -c 'import json, sys; r = json.load(open(sys.argv[1])); r["method"] = sys.argv[3]; json.dump(r, open(sys.argv[2], "w"), indent=1)' \
-          "$out/$label-s$seed.json" "$fused" "$label+sasrec s$seed"
+          "$alone" "$fused" "$label+sasrec s$seed"
       fi
     fi
   done

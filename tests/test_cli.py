@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -138,6 +139,56 @@ def test_evaluate_llm_and_popular(trained, tiny_dataset, tmp_path):
     assert 0.0 <= llm["NDCG@5"] <= llm["HR@5"] <= 1.0  # at most 3 of 8 items are left after the history
     pop = evaluate.main(["--data", str(tiny_dataset), "--method", "popular", "--k", "5"])
     assert pop["invalid_outputs"] == 0 and pop["HR@1"] <= pop["HR@5"] <= pop["HR@10"]
+
+
+@pytest.fixture(scope="module")
+def fused(trained, teacher, tmp_path_factory):
+    """The trained model with the SASRec teacher fused into its search at weight 2."""
+    from hatllm.sasrec import save_fusion
+
+    out = tmp_path_factory.mktemp("fused") / "model"
+    shutil.copytree(trained, out)
+    save_fusion(out, teacher, 2.0)
+    return out
+
+
+def test_a_fused_ranker_at_weight_0_is_the_llm_alone_and_shares_its_forward(fused, tiny_dataset, monkeypatch):
+    from hatllm.data import leave_one_out, load_dataset
+    from hatllm.evaluation.metrics import evaluate_ranker, evaluate_rankers
+
+    dataset = load_dataset(tiny_dataset)
+    split = leave_one_out(dataset, 50)
+    histories, excludes = [ex.history for ex in split.test], [set(ex.seen) for ex in split.test]
+    load = lambda fusion: evaluate.LLMRanker.load(fused, dataset.catalog.titles, split.popularity(), fusion=fusion)  # noqa: E731
+    ranker, alone = load(True), load(False)
+    assert ranker.fusion_weight == 2.0 and alone.prior is None
+    assert ranker.with_weight(0.0).rank_batch(histories, 3, excludes) == alone.rank_batch(histories, 3, excludes)
+    assert ranker.rank_batch(histories, 3, excludes) != alone.rank_batch(histories, 3, excludes)  # the prior counts
+
+    forwards = []
+    real = evaluate.prompt_logits_batch
+    monkeypatch.setattr(evaluate, "prompt_logits_batch", lambda *a: forwards.append(len(a[1])) or real(*a))
+    one = evaluate_ranker(load(True), split.test, dataset.catalog.titles, 3, batch_size=5)
+    assert sum(forwards) == len(split.test)
+    forwards.clear()
+    fresh = load(True)
+    both = evaluate_rankers([fresh, fresh.with_weight(0.0)], split.test, dataset.catalog.titles, 3, batch_size=5)
+    assert sum(forwards) == len(split.test)  # one forward per user for both rankings
+    assert {**both[0], "seconds": 0} == {**one, "seconds": 0}
+
+
+def test_evaluate_writes_the_fused_and_the_alone_result_from_one_pass(fused, tiny_dataset, tmp_path, capsys):
+    common = ["--data", str(tiny_dataset), "--method", "llm", "--model", str(fused), "--k", "3"]
+    separate = [evaluate.main(common), evaluate.main([*common, "--no-fusion"])]
+    evaluate.main([*common, "--name", "f", "--out", str(tmp_path / "f.json"), "--alone-name", "a",
+                   "--alone-out", str(tmp_path / "a.json")])
+    both = [json.loads((tmp_path / name).read_text()) for name in ("f.json", "a.json")]
+    assert [r["method"] for r in both] == ["f", "a"] and [r["fusion_weight"] for r in both] == [2.0, None]
+    for one_pass, alone_run in zip(both, separate):
+        assert {**one_pass, "seconds": 0, "method": ""} == {**alone_run, "seconds": 0, "method": ""}
+    with pytest.raises(SystemExit):
+        evaluate.main([*common, "--no-fusion", "--alone-out", str(tmp_path / "x.json")])
+    assert "--alone-out compares" in capsys.readouterr().err
 
 
 def test_sasrec_trains_and_ranks(tiny_dataset, tmp_path):

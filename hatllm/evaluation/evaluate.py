@@ -12,6 +12,7 @@ catalog item, or an item listed twice) are counted for every method; for the LLM
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 from pathlib import Path
@@ -21,11 +22,29 @@ import torch
 from hatllm.core.catalog import ModelCatalog
 from hatllm.core.fusion import ItemPrior
 from hatllm.data import DEFAULT_MAX_HISTORY, leave_one_out, load_dataset
-from hatllm.evaluation.metrics import CUTOFFS, evaluate_ranker
+from hatllm.evaluation.metrics import CUTOFFS, EVALUATION_BATCH, evaluate_rankers
 from hatllm.evaluation.popular import PopularRanker
 from hatllm.reference.modeling import load_model
 from hatllm.reference.search import constrained_beam_search, prompt_logits_batch
 from hatllm.sasrec import SASRecRanker, load_fusion
+
+
+class FirstLogits:
+    """Prompts' first-step logits (one vocabulary row each), computed in batches and kept for the rankers that
+    share this memo (`LLMRanker.with_weight`), so that ranking the same users again costs no forward. Keeps
+    `limit` rows at most: `evaluate_rankers` hands one evaluation batch to each ranker in turn."""
+
+    def __init__(self, model, pad_id: int, limit: int = EVALUATION_BATCH):
+        self.model, self.pad_id, self.limit = model, pad_id, limit
+        self.rows: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def __call__(self, prompts: list[list[int]]) -> list[torch.Tensor]:
+        missing = list({tuple(p): p for p in prompts if tuple(p) not in self.rows}.values())
+        if missing:
+            if len(self.rows) + len(missing) > self.limit:
+                self.rows.clear()
+            self.rows.update(zip(map(tuple, missing), prompt_logits_batch(self.model, missing, self.pad_id)))
+        return [self.rows[tuple(p)] for p in prompts]
 
 
 class LLMRanker:
@@ -35,15 +54,13 @@ class LLMRanker:
     name = "llm"
 
     def __init__(self, model, catalog: ModelCatalog, beam_width: int | None = None, batch_size: int = 32,
-                 prior: SASRecRanker | None = None, fusion_weight: float = 0.0, cache_first_logits: bool = False):
-        """`cache_first_logits`: keep each prompt's first-step logits (one vocabulary row per user), for
-        rankings repeated over the same users with other fusion weights."""
+                 prior: SASRecRanker | None = None, fusion_weight: float = 0.0):
         self.model, self.catalog = model, catalog
         self.beam_width, self.batch_size = beam_width, batch_size
         self.prior, self.fusion_weight = prior, fusion_weight
         self.model_steps = 0
         self.name = "hatllm" if set(model.config.hat_layer_types) != {"OR"} else "causal"
-        self._first_logits: dict[tuple[int, ...], torch.Tensor] | None = {} if cache_first_logits else None
+        self.first_logits = FirstLogits(model, catalog.builder.tokenizer.pad_token_id)
 
     @classmethod
     def load(cls, path: str | Path, titles: dict[str, str], popularity, beam_width: int | None = None,
@@ -52,14 +69,14 @@ class LLMRanker:
         return cls(load_model(path), ModelCatalog.for_checkpoint(path, titles, popularity), beam_width,
                    prior=prior, fusion_weight=weight)
 
-    def first_logits(self, prompts: list[list[int]]) -> list[torch.Tensor]:
-        pad_id = self.catalog.builder.tokenizer.pad_token_id
-        if self._first_logits is None:
-            return prompt_logits_batch(self.model, prompts, pad_id)
-        missing = [p for p in prompts if tuple(p) not in self._first_logits]
-        if missing:
-            self._first_logits.update(zip(map(tuple, missing), prompt_logits_batch(self.model, missing, pad_id)))
-        return [self._first_logits[tuple(p)] for p in prompts]
+    def with_weight(self, fusion_weight: float) -> "LLMRanker":
+        """The same model and prior at another fusion weight (0: the LLM alone), sharing the prompts' first
+        step with this ranker: `evaluate_rankers` over both costs one forward per history."""
+        other = copy.copy(self)
+        other.fusion_weight, other.model_steps = fusion_weight, 0
+        if fusion_weight == 0:
+            other.prior = None  # the LLM alone, as `--no-fusion` loads it
+        return other
 
     def rank_batch(self, histories: list[tuple[str, ...]], k: int, excludes: list[set[str]]) -> list[list[tuple[str, float]]]:
         out = []
@@ -103,8 +120,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-fusion", action="store_true", help="rank by the LLM alone, even if the checkpoint fuses a prior")
     p.add_argument("--name", help="row name in the report (default: method or schedule)")
     p.add_argument("--out", help="write the result JSON here")
+    p.add_argument("--alone-out", help="also rank by the LLM alone in the same pass (a fused checkpoint's first step "
+                                       "is shared, so this costs little) and write that result here")
+    p.add_argument("--alone-name", help="row name of the --alone-out result (default: NAME alone)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small per-step batches gain little from more)")
     args = p.parse_args(argv)
+    if args.alone_out and (args.method != "llm" or args.no_fusion):
+        p.error("--alone-out compares an LLM checkpoint's fused pipeline with the LLM alone: it needs --method llm "
+                "without --no-fusion")
     if args.beam_width is not None and args.beam_width < args.k:
         p.error(f"--beam-width {args.beam_width} is below --k {args.k}: the lists would come back short")
     torch.set_num_threads(args.threads)
@@ -122,19 +145,28 @@ def main(argv: list[str] | None = None) -> dict:
         ranker = SASRecRanker.load(args.model)
     else:
         ranker = LLMRanker.load(args.model, titles, split.popularity(), args.beam_width, fusion=not args.no_fusion)
-    result = evaluate_ranker(ranker, examples, titles, args.k, not args.keep_seen)
-    if isinstance(ranker, LLMRanker):
-        result["model_steps_per_user"] = round(ranker.model_steps / max(len(examples), 1), 2)
-        result["fusion_weight"] = ranker.fusion_weight if ranker.prior is not None else None
     name = args.name or ranker.name
-    result.update(method=name, dataset=dataset.name, split=args.split, model=args.model, max_history=args.max_history,
-                  seen_excluded=not args.keep_seen)
-    print(format_table({name: result}))
-    print(json.dumps(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-    return result
+    rankers, names, outs = [ranker], [name], [args.out]
+    if args.alone_out:
+        if ranker.prior is None or ranker.fusion_weight == 0:
+            p.error(f"{args.model} does not fuse a prior (no fusion.json, or weight 0): its pipeline is the LLM alone")
+        rankers.append(ranker.with_weight(0.0))
+        names.append(args.alone_name or f"{name} alone")
+        outs.append(args.alone_out)
+    results = evaluate_rankers(rankers, examples, titles, args.k, not args.keep_seen)
+    for each, result, row_name, out in zip(rankers, results, names, outs):
+        if isinstance(each, LLMRanker):
+            result["model_steps_per_user"] = round(each.model_steps / max(len(examples), 1), 2)
+            result["fusion_weight"] = each.fusion_weight if each.prior is not None else None
+        result.update(method=row_name, dataset=dataset.name, split=args.split, model=args.model,
+                      max_history=args.max_history, seen_excluded=not args.keep_seen)
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(result, indent=1))
+    print(format_table(dict(zip(names, results))))
+    for result in results:
+        print(json.dumps(result))
+    return results[0]
 
 
 if __name__ == "__main__":

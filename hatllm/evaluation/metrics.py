@@ -10,6 +10,7 @@ from typing import Protocol, Sequence
 from tqdm import tqdm
 
 CUTOFFS = (1, 5, 10)
+EVALUATION_BATCH = 256  # histories handed to a ranker at a time
 
 
 def target_rank(ranked: Sequence[str], target: str) -> int | None:
@@ -47,24 +48,33 @@ class Ranker(Protocol):
 
 
 def evaluate_ranker(ranker: Ranker, examples, catalog, k: int = 10, exclude_seen: bool = True,
-                    batch_size: int = 256, progress: bool = True) -> dict:
+                    batch_size: int = EVALUATION_BATCH, progress: bool = True) -> dict:
     """HR/NDCG@1/5/10 over `examples` (whole split). With `exclude_seen`, every earlier item of the
     user except the target is masked out of the ranking (the reference protocol's "seen excluded")."""
-    totals = {name: 0.0 for c in CUTOFFS for name in (f"HR@{c}", f"NDCG@{c}")}
-    invalid, short, started = 0, 0, time.time()
-    bar = tqdm(total=len(examples), desc=f"evaluate {ranker.name}", unit="user", disable=not progress)
+    return evaluate_rankers([ranker], examples, catalog, k, exclude_seen, batch_size, progress)[0]
+
+
+def evaluate_rankers(rankers: Sequence[Ranker], examples, catalog, k: int = 10, exclude_seen: bool = True,
+                     batch_size: int = EVALUATION_BATCH, progress: bool = True) -> list[dict]:
+    """`evaluate_ranker` for several rankers in one pass: each ranks a batch in turn, so rankers that share
+    work per history (`LLMRanker.with_weight`: the LLM's forward) do it once. `seconds` is the whole pass."""
+    totals = [{name: 0.0 for c in CUTOFFS for name in (f"HR@{c}", f"NDCG@{c}")} for _ in rankers]
+    invalid, short, started = [0] * len(rankers), [0] * len(rankers), time.time()
+    names = ", ".join(dict.fromkeys(r.name for r in rankers))
+    bar = tqdm(total=len(examples), desc=f"evaluate {names}", unit="user", disable=not progress)
     for start in range(0, len(examples), batch_size):
         batch = examples[start : start + batch_size]
         excludes = [set(ex.seen) if exclude_seen else set() for ex in batch]
-        for ex, ranked in zip(batch, ranker.rank_batch([ex.history for ex in batch], k, excludes)):
-            items = [item for item, _ in ranked]
-            invalid += invalid_entries(items, catalog)
-            short += len(items) < k
-            for name, value in hit_and_ndcg(target_rank(items, ex.target)).items():
-                totals[name] += value
+        for i, ranker in enumerate(rankers):
+            for ex, ranked in zip(batch, ranker.rank_batch([ex.history for ex in batch], k, excludes)):
+                items = [item for item, _ in ranked]
+                invalid[i] += invalid_entries(items, catalog)
+                short[i] += len(items) < k
+                for name, value in hit_and_ndcg(target_rank(items, ex.target)).items():
+                    totals[i][name] += value
         bar.update(len(batch))
     bar.close()
-    n = max(len(examples), 1)
-    result = {name: round(value / n, 5) for name, value in totals.items()}
-    result.update(users=len(examples), invalid_outputs=invalid, short_lists=short, seconds=round(time.time() - started, 1))
-    return result
+    n, seconds = max(len(examples), 1), round(time.time() - started, 1)
+    return [{name: round(value / n, 5) for name, value in total.items()}
+            | dict(users=len(examples), invalid_outputs=bad, short_lists=few, seconds=seconds)
+            for total, bad, few in zip(totals, invalid, short)]

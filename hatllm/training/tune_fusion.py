@@ -4,7 +4,8 @@
 
 Ranks the validation users with the LLM alone (weight 0) and fused with the prior at each weight, by the
 same constrained search as the service, and writes the best weight into the checkpoint's fusion.json
-(served as is; weight 0 wins only if the prior does not help). The LLM's first step is computed once.
+(served as is; weight 0 wins only if the prior does not help). One pass over the users ranks them at every
+weight, so the LLM's first step is computed once per user.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from hatllm.core.catalog import ModelCatalog
 from hatllm.data import leave_one_out, load_dataset
 from hatllm.evaluation.evaluate import LLMRanker
-from hatllm.evaluation.metrics import evaluate_ranker
+from hatllm.evaluation.metrics import evaluate_rankers
 from hatllm.reference.modeling import load_model
 from hatllm.sasrec import SASRecRanker, save_fusion
 
@@ -44,12 +45,12 @@ def main(argv: list[str] | None = None) -> float:
         valid = random.Random(args.seed).sample(valid, args.users)
     titles = dataset.catalog.titles
     ranker = LLMRanker(model, ModelCatalog.for_checkpoint(args.model, titles, split.popularity()),
-                       prior=SASRecRanker.load(args.prior), cache_first_logits=True)
-    scores = {}
-    for weight in [float(w) for w in args.weights.split(",")]:
-        ranker.fusion_weight = weight
-        scores[weight] = evaluate_ranker(ranker, valid, titles, progress=False)["NDCG@10"]
-        print(f"fusion weight {weight}: valid NDCG@10 {scores[weight]:.4f}", flush=True)
+                       prior=SASRecRanker.load(args.prior))
+    weights = [float(w) for w in args.weights.split(",")]
+    results = evaluate_rankers([ranker.with_weight(w) for w in weights], valid, titles)
+    scores = {weight: result["NDCG@10"] for weight, result in zip(weights, results)}
+    for weight, score in scores.items():
+        print(f"fusion weight {weight}: valid NDCG@10 {score:.4f}", flush=True)
     best = max(scores, key=lambda w: (scores[w], -w))
     save_fusion(args.model, args.prior, best)
     (Path(args.model) / "fusion_sweep.json").write_text(json.dumps({str(w): s for w, s in scores.items()}, indent=1))
