@@ -31,8 +31,9 @@ from hatllm.sasrec import SASRecRanker, load_fusion
 
 class FirstLogits:
     """Prompts' first-step logits (one vocabulary row each), computed in batches and kept for the rankers that
-    share this memo (`LLMRanker.with_weight`), so that ranking the same users again costs no forward. Keeps
-    `limit` rows at most: `evaluate_rankers` hands one evaluation batch to each ranker in turn."""
+    share this memo (`LLMRanker.with_weight`), so that ranking the same users again costs no forward (the
+    model must not change meanwhile: training builds a new ranker per validation). Keeps `limit` rows at
+    most: `evaluate_rankers` hands one evaluation batch to each ranker in turn."""
 
     def __init__(self, model, pad_id: int, limit: int = EVALUATION_BATCH):
         self.model, self.pad_id, self.limit = model, pad_id, limit
