@@ -10,12 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def plot_metric_bars(results: dict[str, dict[str, float]], metrics: list[str], path: Path, title: str) -> None:
-    """Grouped bars: one group per metric, one bar per method."""
+def plot_metric_bars(results: dict[str, dict[str, float]], metrics: list[str], path: Path, title: str,
+                     errors: dict[str, dict[str, float]] | None = None) -> None:
+    """Grouped bars: one group per metric, one bar per method; `errors` (per metric, for the methods it names,
+    e.g. the standard deviation over seeds) draws error bars."""
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(results), 1)
     for i, (name, values) in enumerate(results.items()):
-        ax.bar([m + i * width for m in range(len(metrics))], [values[k] for k in metrics], width, label=name)
+        spread = [errors[name][k] for k in metrics] if errors and name in errors else None
+        ax.bar([m + i * width for m in range(len(metrics))], [values[k] for k in metrics], width, label=name,
+               yerr=spread, capsize=2)
     ax.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics)
     ax.set_title(title)
     ax.legend()

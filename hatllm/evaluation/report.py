@@ -1,4 +1,4 @@
-"""Collect evaluation JSONs into a markdown results table and a bar plot.
+"""Collect evaluation JSONs into a markdown results table and a bar plot (error bars: sd over seeds).
 
     python -m hatllm.evaluation.report docs/results/ml-latest-small --title "ml-latest-small (test, 610 users)"
 
@@ -53,8 +53,12 @@ def main(argv: list[str] | None = None) -> str:
     groups = group_seeds([json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))])
     table = format_table(groups)
     (folder / "table.md").write_text(table + "\n")
-    means = {name: {m: statistics.mean(r[m] for r in runs) for m in METRICS} for name, runs in groups.items()}
-    plot_metric_bars(means, ["HR@5", "HR@10", "NDCG@5", "NDCG@10"], folder / "metrics.png", args.title)
+    labels = {name: f"{name} ({len(runs)} seeds)" if len(runs) > 1 else name for name, runs in groups.items()}
+    means = {labels[name]: {m: statistics.mean(r[m] for r in runs) for m in METRICS} for name, runs in groups.items()}
+    sds = {labels[name]: {m: statistics.stdev(r[m] for r in runs) for m in METRICS}
+           for name, runs in groups.items() if len(runs) > 1}
+    plot_metric_bars(means, ["HR@5", "HR@10", "NDCG@5", "NDCG@10"], folder / "metrics.png",
+                     f"{args.title} (mean; error bars: sd over seeds)" if sds else args.title, errors=sds)
     print(table)
     return table
 
