@@ -16,6 +16,8 @@ from typing import Callable, Iterable, Mapping
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from .keys import Keys
@@ -63,7 +65,16 @@ return version
 
 
 def connect(url: str, cluster: bool = False, **options) -> Redis | RedisCluster:
-    """A client for one Redis, or for the Redis Cluster that `url` is a node of."""
+    """A client for one Redis, or for the Redis Cluster that `url` is a node of.
+
+    On one Redis a command whose connection fails is retried once, at once, on a new connection: after Redis
+    restarts, every pooled connection is dead, and without the retry each would fail one request with 503
+    (redis-py's `from_url` retries nothing). During an outage the retry's connect is refused as fast, so
+    failures stay fast. A write that Redis applied just before its connection broke can apply twice, as
+    when a client retries a 503 (service/README.md). The cluster client has its own retries, with backoff,
+    which also find a failed-over node."""
+    if not cluster:
+        options.setdefault("retry", Retry(NoBackoff(), 1))
     return (RedisCluster if cluster else Redis).from_url(url, **options)
 
 

@@ -113,3 +113,28 @@ def test_keys_of_the_layout_before_hash_tags_are_renamed(tmp_path):
     finally:
         server.stop()
     assert (renamed, again) == (4, 0) and catalog == (4, {"1": "One"}) and history == ["1"] and popularity == {"1": 2.0}
+
+
+def test_a_restart_of_redis_fails_no_command(tmp_path):
+    """After a restart every pooled connection is dead; each command is retried once, on a new one."""
+    from loadtests.local_service import free_port
+
+    async def burst(store: Store):
+        return await asyncio.gather(*(store.history(f"reader-{i}", 5) for i in range(8)),
+                                    *(store.append_events([(f"writer-{i}", "1")]) for i in range(8)))
+
+    async def main(server):
+        client = connect(server.url, decode_responses=True)
+        try:
+            store = Store(client, Keys("restart"), history_cap=3)
+            await burst(store)  # 16 commands at once: as many pooled connections
+            server.stop()
+            server.start()
+            return await burst(store), [await store.history(f"writer-{i}", 5) for i in range(8)]
+        finally:
+            await client.aclose()
+
+    with EmbeddedRedis(free_port(), tmp_path) as server:
+        after_restart, histories = asyncio.run(main(server))
+    assert after_restart == [[]] * 8 + [1] * 8
+    assert histories == [["1", "1"]] * 8  # both bursts' events, each once
