@@ -191,6 +191,13 @@ def test_evaluate_writes_the_fused_and_the_alone_result_from_one_pass(fused, tin
     assert "--alone-out compares" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_alone_out_for_a_checkpoint_that_serves_the_llm_alone(trained, tiny_dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", str(tiny_dataset), "--method", "llm", "--model", str(trained), "--k", "3",
+                       "--alone-out", str(tmp_path / "x.json")])
+    assert "does not fuse a prior" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
 def test_sasrec_trains_and_ranks(tiny_dataset, tmp_path):
     sasrec.main(["--data", str(tiny_dataset), "--out", str(tmp_path), "--max-epochs", "30", "--patience", "3"])
     info = json.loads((tmp_path / "training.json").read_text())
