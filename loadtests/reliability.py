@@ -545,7 +545,8 @@ def main() -> int:
                                         "redis-kill",
                                         "redis-outage", "overload", "engine-failure", "main-job-killed", "shutdown", "bad-input",
                                         "all"])
-    p.add_argument("--sustainable-rps", type=float, default=6.0, help="recommendations/s the service holds (docs/operations.md)")
+    p.add_argument("--sustainable-rps", type=float, default=10.0,
+                   help="recommendations/s the service holds; 3x this is offered (docs/operations.md)")
     p.add_argument("--max-in-flight", type=int, default=6, help="HATREC_MAX_IN_FLIGHT for the overload run")
     p.add_argument("--admission-tolerance", type=float, default=Settings.model_fields["admission_tolerance"].default,
                    help="HATREC_ADMISSION_TOLERANCE for the overload run (default: the service's, adaptive; "
