@@ -1,5 +1,7 @@
 """Locust traffic for the recommender: mostly recommendations for known users, some cold-start users,
 event ingestion and catalog reads, with think times; responses are checked for content, not only status.
+A recommendation refused by admission control (429 with Retry-After) is reported as "/recommend [shed]",
+not as a failure, and the user waits as Retry-After asks before its next task.
 
     locust -f loadtests/locustfile.py --host http://127.0.0.1:8000         # web UI
     python loadtests/run.py --run-time 60s                                   # headless, local service, reports
@@ -20,8 +22,10 @@ import uuid
 from locust import HttpUser, LoadTestShape, between, events, task
 
 from hatllm.data import load_dataset
+from loadtests.request_names import RECOMMEND_COLD_START, RECOMMEND_KNOWN, SHED
 
 K = 10
+MAX_BACKOFF_S = 5.0
 _dataset = None
 
 
@@ -69,18 +73,24 @@ class RecommenderUser(HttpUser):
 
     def recommend(self, user: str, name: str, strategy: str) -> None:
         with self.client.post("/recommend", json={"user_id": user, "k": K}, name=name, catch_response=True) as response:
-            if response.status_code == 200:
+            retry_after = response.headers.get("Retry-After")
+            if response.status_code == 429 and retry_after:
+                response.request_meta["name"] = SHED
+                response.success()
+            elif response.status_code == 200:
                 self.check_list(response, strategy)
             else:
                 response.failure(f"status {response.status_code}: {response.text[:200]}")
+        if response.status_code == 429 and retry_after:  # a well-behaved client waits as it is asked to
+            time.sleep(min(float(retry_after), MAX_BACKOFF_S))
 
     @task(10)
     def recommend_known_user(self):
-        self.recommend(random.choice(self.users), "/recommend [known]", "model")
+        self.recommend(random.choice(self.users), RECOMMEND_KNOWN, "model")
 
     @task(2)
     def recommend_cold_start(self):
-        self.recommend(f"load-cold-{uuid.uuid4().hex}", "/recommend [cold start]", "cold_start_popular")
+        self.recommend(f"load-cold-{uuid.uuid4().hex}", RECOMMEND_COLD_START, "cold_start_popular")
 
     @task(3)
     def ingest_events(self):

@@ -7,8 +7,9 @@ Starts `python -m service` on 127.0.0.1 (free port) with its own embedded Redis 
 folder (your var/redis is not touched), waits for /readyz, runs Locust, stops the service (SIGINT,
 the same as Ctrl-C), and writes Locust's CSV and HTML reports under --out. With --step, a step-load
 shape raises the user count; every request is logged with the user count at that moment, and the
-report finds the highest step whose /recommend p99 stays under --p99-ms with no failed request
-(table in --out/steps.md, plot in --out/steps.png).
+report finds the highest step whose /recommend p99 stays under --p99-ms with no failed request and at
+most --max-shed of its recommendations refused by admission control (table in --out/steps.md, plot in
+--out/steps.png).
 """
 
 from __future__ import annotations
@@ -25,17 +26,19 @@ from collections import defaultdict
 from pathlib import Path
 
 from loadtests.local_service import ROOT, running_service
+from loadtests.request_names import RECOMMEND_KNOWN, SHED
 
-RECOMMEND = "/recommend [known]"
 
-
-def step_table(request_log: Path, p99_ms: float, step_users: int, step_seconds: int, max_users: int) -> list[dict]:
-    """Per step of the shape: /recommend [known] p50/p99, requests/s over all routes, failed requests.
-    A request belongs to the step in which it started (the shape changes users every step_seconds
-    from the first request on); requests after the last step (shutdown) are left out."""
+def step_table(request_log: Path, p99_ms: float, step_users: int, step_seconds: int, max_users: int,
+               max_shed: float = 0.01) -> list[dict]:
+    """Per step of the shape: /recommend [known] p50/p99, requests/s over all routes, failed requests, and the
+    share of recommendations shed by admission control. A step is ok when the p99 is under `p99_ms`, nothing
+    failed and at most `max_shed` of its recommendations were shed. A request belongs to the step in which it
+    started (the shape changes users every step_seconds from the first request on); requests after the last
+    step (shutdown) are left out."""
     rows = list(csv.DictReader(request_log.open()))
     start = min(float(r["time"]) - float(r["response_ms"]) / 1000 for r in rows)
-    steps: dict[int, dict] = defaultdict(lambda: dict(count=0, recommend_ms=[], failures=0))
+    steps: dict[int, dict] = defaultdict(lambda: dict(count=0, recommend_ms=[], failures=0, recommendations=0, shed=0))
     for row in rows:
         began = float(row["time"]) - float(row["response_ms"]) / 1000
         users = (int((began - start) // step_seconds) + 1) * step_users
@@ -44,21 +47,25 @@ def step_table(request_log: Path, p99_ms: float, step_users: int, step_seconds: 
         step = steps[users]
         step["count"] += 1
         step["failures"] += row["ok"] == "0"
-        if row["name"] == RECOMMEND:
+        step["recommendations"] += row["name"].startswith("/recommend")
+        step["shed"] += row["name"] == SHED
+        if row["name"] == RECOMMEND_KNOWN:
             step["recommend_ms"].append(float(row["response_ms"]))
     table = []
     for users in sorted(steps):
-        ms = sorted(steps[users]["recommend_ms"])
+        step, ms = steps[users], sorted(steps[users]["recommend_ms"])
         if not ms:
             continue
         p99 = ms[int(0.99 * (len(ms) - 1))]
+        shed = step["shed"] / step["recommendations"]
         table.append(dict(users=users, recommend_p50_ms=round(ms[len(ms) // 2]), recommend_p99_ms=round(p99),
-                          requests_per_s=round(steps[users]["count"] / step_seconds, 2),
-                          failures=steps[users]["failures"], ok=p99 < p99_ms and steps[users]["failures"] == 0))
+                          requests_per_s=round(step["count"] / step_seconds, 2), failures=step["failures"],
+                          shed_percent=round(100 * shed, 1),
+                          ok=p99 < p99_ms and step["failures"] == 0 and shed <= max_shed))
     return table
 
 
-def write_step_report(table: list[dict], out: Path, p99_ms: float, command: str) -> None:
+def write_step_report(table: list[dict], out: Path, p99_ms: float, max_shed: float, command: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,12 +74,13 @@ def write_step_report(table: list[dict], out: Path, p99_ms: float, command: str)
     passing = [row for row in table if row["ok"]]
     best = passing[-1] if passing else None
     lines = [f"Command: `{command}`", "",
-             f"Highest load with /recommend p99 < {p99_ms:.0f} ms and no failures: "
+             f"Highest load with /recommend p99 < {p99_ms:.0f} ms, no failures and at most {100 * max_shed:g}% of "
+             "recommendations shed: "
              + (f"**{best['users']} users, {best['requests_per_s']} requests/s**" if best else "none"), "",
-             "| users | /recommend p50 ms | /recommend p99 ms | requests/s (all routes) | failures | ok |",
-             "|---|---|---|---|---|---|"]
+             "| users | /recommend p50 ms | /recommend p99 ms | requests/s (all routes) | failures | shed | ok |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['users']} | {r['recommend_p50_ms']} | {r['recommend_p99_ms']} | {r['requests_per_s']} | "
-              f"{r['failures']} | {'yes' if r['ok'] else 'no'} |" for r in table]
+              f"{r['failures']} | {r['shed_percent']}% | {'yes' if r['ok'] else 'no'} |" for r in table]
     (out / "steps.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
     users = [r["users"] for r in table]
@@ -106,6 +114,8 @@ def main() -> int:
     p.add_argument("--step-seconds", type=int, default=30)
     p.add_argument("--max-users", type=int, default=32)
     p.add_argument("--p99-ms", type=float, default=2000)
+    p.add_argument("--max-shed", type=float, default=0.01,
+                   help="largest share of a step's recommendations refused with 429 for the step to count as held")
     p.add_argument("--out", default="loadtests/results")
     p.add_argument("--start-timeout", type=float, default=600)
     args = p.parse_args()
@@ -128,9 +138,9 @@ def main() -> int:
     service_rc = service.returncode
     print(f"locust exit code {locust_rc} (1 = some requests failed); service exit code {service_rc}")
     if args.step:
-        table = step_table(out / "requests.csv", args.p99_ms, args.step_users, args.step_seconds, args.max_users)
-        write_step_report(table, out, args.p99_ms,
-                          "python -m loadtests.run " + " ".join(sys.argv[1:]))
+        table = step_table(out / "requests.csv", args.p99_ms, args.step_users, args.step_seconds, args.max_users,
+                           args.max_shed)
+        write_step_report(table, out, args.p99_ms, args.max_shed, "python -m loadtests.run " + " ".join(sys.argv[1:]))
     return locust_rc
 
 
