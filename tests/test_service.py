@@ -124,6 +124,13 @@ def recommend(client, **body):
     return client.post("/recommend", json=body)
 
 
+def recommended(client, **body) -> dict:
+    """The body of a recommendation that must succeed; otherwise the failure says what the service answered."""
+    response = recommend(client, **body)
+    assert response.status_code == 200, f"{response.status_code}: {response.text}"
+    return response.json()
+
+
 @pytest.fixture
 def catalog_restored(client, raw_redis):
     """Put the catalog back as it was after the test (a new version, so the service reloads it)."""
@@ -186,15 +193,15 @@ def test_recommendation_equals_reference_search(client, hat_checkpoint, builder)
 
 
 def test_seen_items_only_excluded_when_asked(client):
-    items = recommend(client, user_id="bob", k=8, exclude_seen=False).json()["items"]
+    items = recommended(client, user_id="bob", k=8, exclude_seen=False)["items"]
     assert {i["item_id"] for i in items} == set(TITLES)  # all 8, seen included
-    items = recommend(client, user_id="bob", k=8).json()
+    items = recommended(client, user_id="bob", k=8)
     assert {i["item_id"] for i in items["items"]} == set(TITLES) - {"2", "8"}
     assert items["exhausted"] is True
 
 
 def test_filters_are_enforced_in_decoding(client):
-    body = recommend(client, user_id="carol", k=5, filters={"allow": ["4", "5", "7", "8", "2"], "deny": ["7"]}).json()
+    body = recommended(client, user_id="carol", k=5, filters={"allow": ["4", "5", "7", "8", "2"], "deny": ["7"]})
     assert {i["item_id"] for i in body["items"]} == {"4", "5", "8"}  # 2 was seen, 7 denied
     assert body["exhausted"] is True
     scores = {i["item_id"]: i["score"] for i in body["items"]}
@@ -202,9 +209,9 @@ def test_filters_are_enforced_in_decoding(client):
 
 
 def test_explicit_history(client):
-    body = recommend(client, user_id="nobody", history=HISTORIES["bob"], k=3).json()
+    body = recommended(client, user_id="nobody", history=HISTORIES["bob"], k=3)
     assert body["strategy"] == "model" and body["history_length"] == 2
-    stored = recommend(client, user_id="bob", k=3).json()["items"]
+    stored = recommended(client, user_id="bob", k=3)["items"]
     assert [i["item_id"] for i in body["items"]] == [i["item_id"] for i in stored]
     assert [i["score"] for i in body["items"]] == pytest.approx([i["score"] for i in stored], abs=1e-5)
     bad = recommend(client, user_id="nobody", history=["8", "nope", "zzz"])
@@ -213,7 +220,7 @@ def test_explicit_history(client):
 
 
 def test_cold_start_is_marked(client):
-    body = recommend(client, user_id="stranger", k=3).json()
+    body = recommended(client, user_id="stranger", k=3)
     assert body["strategy"] == "cold_start_popular" and body["history_length"] == 0
     assert [i["item_id"] for i in body["items"]] == ["3", "1", "2"]
     assert all(i["score"] is None for i in body["items"])
@@ -288,10 +295,10 @@ def test_exclude_seen_covers_the_whole_stored_history(client, raw_redis, service
     raw_redis.rpush(KEYS.history("fifty"), *history)
     older_only = set(history[:-3]) - set(history[-3:])
     assert older_only  # items seen long ago, not in the prompt
-    body = recommend(client, user_id="fifty", k=8).json()
+    body = recommended(client, user_id="fifty", k=8)
     assert body["history_length"] == 3
     assert {i["item_id"] for i in body["items"]} == set(TITLES) - set(history)
-    shown = {i["item_id"] for i in recommend(client, user_id="fifty", k=8, exclude_seen=False).json()["items"]}
+    shown = {i["item_id"] for i in recommended(client, user_id="fifty", k=8, exclude_seen=False)["items"]}
     assert older_only <= shown  # only exclusion kept them out
 
 
@@ -320,7 +327,7 @@ def test_events_append_and_unknown_items_rejected_whole(client, raw_redis):
                                                         {"user_id": "erin", "item_id": "ghost"}]})
     assert rejected.status_code == 422 and rejected.json()["error"]["details"] == {"item_ids": ["ghost"]}
     assert raw_redis.lrange(KEYS.history("erin"), 0, -1) == ["1", "2"]  # nothing of the batch was applied
-    body = recommend(client, user_id="erin", k=2).json()
+    body = recommended(client, user_id="erin", k=2)
     assert body["strategy"] == "model" and body["history_length"] == 2
 
 
@@ -333,7 +340,7 @@ def test_a_history_is_read_and_erased(client, raw_redis):
     assert not raw_redis.exists(KEYS.history("leaving"))
     assert client.get("/users/leaving/history").json()["item_ids"] == []
     assert raw_redis.zscore(KEYS.popularity, "5") == popularity  # per-item counts, no user id in them
-    assert recommend(client, user_id="leaving", k=2).json()["strategy"] == "cold_start_popular"
+    assert recommended(client, user_id="leaving", k=2)["strategy"] == "cold_start_popular"
     assert client.delete("/users/leaving/history").json()["erased"] == 0  # a repeated request erases nothing more
     assert client.get("/users/" + "u" * 129 + "/history").status_code == 422
 
@@ -342,12 +349,12 @@ def test_catalog_update_while_serving(client, raw_redis):
     version = client.get("/catalog").json()["version"]
     added = client.put("/admin/catalog/items", json={"items": [{"item_id": "9", "title": "Heat 2 (2025)"}]})
     assert added.status_code == 200 and added.json() == {"version": version + 1, "size": len(TITLES) + 1}
-    body = recommend(client, user_id="alice", k=3, filters={"allow": ["9", "2"]}).json()
+    body = recommended(client, user_id="alice", k=3, filters={"allow": ["9", "2"]})
     assert body["catalog_version"] == version + 1 and {i["item_id"] for i in body["items"]} == {"9", "2"}
     assert client.get("/catalog/items/9").json() == {"item_id": "9", "title": "Heat 2 (2025)"}
     assert client.delete("/admin/catalog/items/9").json()["size"] == len(TITLES)
     assert client.get("/catalog/items/9").status_code == 404
-    body = recommend(client, user_id="alice", k=3, filters={"allow": ["9", "2"]}).json()
+    body = recommended(client, user_id="alice", k=3, filters={"allow": ["9", "2"]})
     assert [i["item_id"] for i in body["items"]] == ["2"] and body["exhausted"]
     # A change made behind the service's back (loader CLI, another replica) is picked up by version.
     raw_redis.hset(KEYS.catalog, "10", "Jumanji 2 (2017)")
@@ -493,7 +500,7 @@ def test_metrics_exposed(client, services):
         admission.in_flight = 0
     # An item added after training shares the code of "Heat (1995)", and with it the code's score.
     assert client.put("/admin/catalog/items", json={"items": [{"item_id": "90", "title": "Heat 2 (2025)"}]}).status_code == 200
-    body = recommend(client, user_id="alice", k=2, exclude_seen=False, filters={"allow": ["3", "90"]}).json()
+    body = recommended(client, user_id="alice", k=2, exclude_seen=False, filters={"allow": ["3", "90"]})
     assert {i["item_id"] for i in body["items"]} == {"3", "90"}
     assert body["items"][0]["score"] == body["items"][1]["score"]
     assert client.delete("/admin/catalog/items/90").status_code == 200
