@@ -26,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from loadtests.local_service import ROOT, running_service
-from loadtests.request_names import RECOMMEND_KNOWN, SHED
+from loadtests.request_names import RECOMMEND_KNOWN, RECOMMENDATIONS, SHED
 
 
 def step_table(request_log: Path, p99_ms: float, step_users: int, step_seconds: int, max_users: int,
@@ -47,7 +47,7 @@ def step_table(request_log: Path, p99_ms: float, step_users: int, step_seconds: 
         step = steps[users]
         step["count"] += 1
         step["failures"] += row["ok"] == "0"
-        step["recommendations"] += row["name"].startswith("/recommend")
+        step["recommendations"] += row["name"] in RECOMMENDATIONS
         step["shed"] += row["name"] == SHED
         if row["name"] == RECOMMEND_KNOWN:
             step["recommend_ms"].append(float(row["response_ms"]))
