@@ -18,6 +18,8 @@ STAGE_SECONDS = Histogram("hatrec_recommend_stage_duration_seconds", "Latency of
 IN_FLIGHT = Gauge("hatrec_http_requests_in_flight", "HTTP requests being served")
 QUEUE_DEPTH = Gauge("hatrec_recommend_queue_depth", "Recommendations admitted and not finished")
 ADMISSION_LIMIT = Gauge("hatrec_recommend_admission_limit", "Recommendations that may be under way at once now")
+ADMISSION_TARGET = Gauge("hatrec_recommend_admission_target_seconds",
+                         "Decodes slower than this lower the admission bound (0 until measured)")
 SHED = Counter("hatrec_recommend_rejected_total", "Recommendations refused or abandoned", ["reason"])
 COLD_START = Counter("hatrec_recommend_cold_start_total", "Answers from the cold-start fallback")
 ENGINE_STEPS = Histogram("hatrec_recommend_engine_steps", "Engine scoring rounds per recommendation",

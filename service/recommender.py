@@ -42,7 +42,8 @@ class Recommender:
         self.settings, self.store, self.catalog, self.engine = settings, store, catalog, engine
         self.prior, self.fusion_weight = fusion or (None, 0.0)
         self.pipeline = "llm+sasrec" if self.prior is not None else "llm"
-        self.admission = AdmissionLimit(settings.max_in_flight, settings.admission_tolerance)
+        self.admission = AdmissionLimit(settings.max_in_flight, settings.admission_tolerance,
+                                        settings.admission_slack_ms / 1000)
 
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         if req.k > self.settings.max_k:

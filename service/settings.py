@@ -56,9 +56,13 @@ class Settings(BaseSettings):
     admission_tolerance: float = Field(
         2.0, ge=0, description="the bound drops below max_in_flight while decodes take longer than this many times "
                                "the 90th percentile of decodes that ran alone (measured at start, then as it runs), "
-                               "and rises again when requests are refused: the admitted tail holds at 3x overload "
-                               "for a few refusals at normal load. 0: max_in_flight is a fixed bound (the most "
+                               "and rises again when it is reached: the admitted tail holds at 3x overload, "
+                               "for some throughput. 0: max_in_flight is a fixed bound (the most "
                                "throughput under overload, a longer tail; service/admission.py, docs/operations.md)")
+    admission_slack_ms: float = Field(
+        50.0, ge=0, description="queueing shorter than this (a decode's time beyond the 90th percentile of lone "
+                                 "decodes) never lowers the bound, however quick lone decodes are: without it the "
+                                 "bound refused 1-5% at normal load where lone decodes take 30 ms")
     request_timeout_s: float = Field(10.0, gt=0, description="a recommendation taking longer gets 503")
     redis_timeout_s: float = Field(1.0, gt=0, description="socket timeout of every Redis call")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 429 and 503")

@@ -1,6 +1,7 @@
 """Small pure functions of the service (no Redis, no engine)."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -104,7 +105,7 @@ def test_in_flight_bound_is_sized_for_the_machine(hat_checkpoint):
 def test_fixed_admission_bound():
     from service.admission import AdmissionLimit
 
-    limit = AdmissionLimit(ceiling=2, tolerance=0)
+    limit = AdmissionLimit(ceiling=2, tolerance=0, slack_s=0)
     assert limit.admit() and limit.admit() and not limit.admit()
     for _ in range(20):
         limit.observe(5.0, alone=False)  # slow decodes do not move a fixed bound
@@ -112,10 +113,10 @@ def test_fixed_admission_bound():
     assert limit.limit == 2 and limit.admit()
 
 
-def calibrated(ceiling: int, lone_seconds: float = 0.1):
+def calibrated(ceiling: int, lone_seconds: float = 0.1, slack_s: float = 0.0):
     from service.admission import MIN_BASELINE_SAMPLES, AdmissionLimit
 
-    limit = AdmissionLimit(ceiling, tolerance=2.0)
+    limit = AdmissionLimit(ceiling, tolerance=2.0, slack_s=slack_s)
     limit.observe(9.0, alone=False)  # no baseline yet: the bound stays at its ceiling
     assert limit.limit == ceiling
     for _ in range(MIN_BASELINE_SAMPLES):
@@ -142,13 +143,26 @@ def test_admission_bound_drops_when_decodes_queue():
     assert limit.limit == 1  # never below one
 
 
+def test_queueing_within_the_slack_leaves_the_bound():
+    from prometheus_client import REGISTRY
+
+    limit = calibrated(ceiling=6, lone_seconds=0.01, slack_s=0.1)  # 2x the lone decodes alone would be 0.02 s
+    for _ in range(6):
+        assert limit.admit()
+    limit.observe(0.1, alone=False)  # 10x a lone decode, but only 90 ms of queueing
+    assert limit.limit == 6
+    assert REGISTRY.get_sample_value("hatrec_recommend_admission_target_seconds") == pytest.approx(0.11)
+    limit.observe(0.22, alone=False)  # twice the target: halved
+    assert limit.limit == 3
+
+
 def test_admission_bound_rises_on_refusals_with_fast_decodes():
     limit = calibrated(ceiling=3)
     limit.admit(), limit.admit(), limit.admit()
     limit.observe(0.5, alone=False)
     assert limit.limit == 1
     for _ in range(4):
-        limit.observe(0.1, alone=False)  # fast, but nobody was refused: no reason to admit more
+        limit.observe(0.1, alone=False)  # fast, but the lowered bound was not reached: no reason to admit more
     assert limit.limit == 1
     for expected in (2, 3, 3):
         while limit.admit():
@@ -159,10 +173,28 @@ def test_admission_bound_rises_on_refusals_with_fast_decodes():
         assert limit.limit == expected  # never above the ceiling
 
 
+def test_admission_bound_rises_when_reached_before_anyone_is_refused():
+    limit = calibrated(ceiling=4)
+    for _ in range(4):
+        limit.admit()
+    limit.observe(0.5, alone=False)
+    assert limit.limit == 1
+    for _ in range(4):  # admitted under the old bound
+        limit.observe(0.1, alone=False)
+        limit.release()
+    assert limit.admit()  # into the bound's last place: demand
+    limit.observe(0.1, alone=False)  # and room
+    assert limit.limit == 2
+    limit.release()
+    assert limit.admit()  # below the bound: no reason to admit more
+    limit.observe(0.1, alone=False)
+    assert limit.limit == 2
+
+
 def test_lone_decodes_are_those_nobody_joined():
     from service.admission import AdmissionLimit
 
-    limit = AdmissionLimit(ceiling=4, tolerance=2.0)
+    limit = AdmissionLimit(ceiling=4, tolerance=2.0, slack_s=0)
     limit.admit()
     with limit.timed():
         pass
@@ -202,3 +234,15 @@ def test_catalog_read_in_chunks_is_one_version(tmp_path):
         version, titles, read_version, read, popularity = asyncio.run(scenario(server.url))
     assert (read_version, read) == (version, titles)
     assert len(popularity) == len(titles) and popularity["13"] == 13 % 7
+
+
+def test_every_setting_and_metric_is_documented():
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from service import metrics
+    from service.settings import Settings
+
+    readme = (Path(__file__).parents[1] / "service" / "README.md").read_text()
+    assert [name for name in Settings.model_fields if f"`HATREC_{name.upper()}`" not in readme] == []
+    names = [m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert names and [name for name in names if f"`{name}" not in readme] == []  # a counter's name has no _total
