@@ -39,6 +39,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.local_service import free_port, running_service, start_service, stop_service
+from loadtests.run import MAX_SHED
 from service.keys import Keys
 from service.redis_server import EmbeddedRedis
 from service.settings import Settings
@@ -242,7 +243,7 @@ def redis_outage(workdir: Path) -> dict:
 
 
 def overload(workdir: Path, sustainable_rps: float, max_in_flight: int, admission_tolerance: float,
-             admission_slack_ms: float, engine_cpu_bind: str | None = None, max_shed: float = 0.01) -> dict:
+             admission_slack_ms: float, engine_cpu_bind: str | None, max_shed: float) -> dict:
     """At the sustainable arrival rate at most `max_shed` refused; at 3x it, the excess shed with 429 +
     Retry-After and the rest keep their p99. `max_in_flight` caps the admission bound; `admission_tolerance`
     0 holds it there, `admission_slack_ms` is the queueing it lets pass (service/admission.py)."""
@@ -556,7 +557,7 @@ def main() -> int:
                         "0: a fixed bound at --max-in-flight)")
     p.add_argument("--admission-slack-ms", type=float, default=Settings.model_fields["admission_slack_ms"].default,
                    help="HATREC_ADMISSION_SLACK_MS for the overload run (default: the service's)")
-    p.add_argument("--max-shed", type=float, default=0.01,
+    p.add_argument("--max-shed", type=float, default=MAX_SHED,
                    help="the largest share the overload run may refuse at the sustainable rate")
     p.add_argument("--engine-cpu-bind", help="HATREC_ENGINE_CPU_BIND for the overload run (default: the service's)")
     p.add_argument("--fuzz-examples", type=int, default=200)

@@ -28,9 +28,11 @@ from pathlib import Path
 from loadtests.local_service import ROOT, running_service
 from loadtests.request_names import RECOMMEND_KNOWN, RECOMMENDATIONS, SHED
 
+MAX_SHED = 0.01  # the share of recommendations a load the service holds may see refused (429)
+
 
 def step_table(request_log: Path, p99_ms: float, step_users: int, step_seconds: int, max_users: int,
-               max_shed: float = 0.01) -> list[dict]:
+               max_shed: float = MAX_SHED) -> list[dict]:
     """Per step of the shape: /recommend [known] p50/p99, requests/s over all routes, failed requests, and the
     share of recommendations shed by admission control. A step is ok when the p99 is under `p99_ms`, nothing
     failed and at most `max_shed` of its recommendations were shed. A request belongs to the step in which it
@@ -114,7 +116,7 @@ def main() -> int:
     p.add_argument("--step-seconds", type=int, default=30)
     p.add_argument("--max-users", type=int, default=32)
     p.add_argument("--p99-ms", type=float, default=2000)
-    p.add_argument("--max-shed", type=float, default=0.01,
+    p.add_argument("--max-shed", type=float, default=MAX_SHED,
                    help="largest share of a step's recommendations refused with 429 for the step to count as held")
     p.add_argument("--out", default="loadtests/results")
     p.add_argument("--start-timeout", type=float, default=600)

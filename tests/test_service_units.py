@@ -244,5 +244,5 @@ def test_every_setting_and_metric_is_documented():
 
     readme = (Path(__file__).parents[1] / "service" / "README.md").read_text()
     assert [name for name in Settings.model_fields if f"`HATREC_{name.upper()}`" not in readme] == []
-    names = [m._name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    names = [m.describe()[0].name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
     assert names and [name for name in names if f"`{name}" not in readme] == []  # a counter's name has no _total
