@@ -155,6 +155,7 @@ def fused(trained, teacher, tmp_path_factory):
 def test_a_fused_ranker_at_weight_0_is_the_llm_alone_and_shares_its_forward(fused, tiny_dataset, monkeypatch):
     from hatllm.data import leave_one_out, load_dataset
     from hatllm.evaluation.metrics import evaluate_ranker, evaluate_rankers
+    from hatllm.sasrec import SASRecRanker
 
     dataset = load_dataset(tiny_dataset)
     split = leave_one_out(dataset, 50)
@@ -171,10 +172,15 @@ def test_a_fused_ranker_at_weight_0_is_the_llm_alone_and_shares_its_forward(fuse
     one = evaluate_ranker(load(True), split.test, dataset.catalog.titles, 3, batch_size=5)
     assert sum(forwards) == len(split.test)
     forwards.clear()
+    scored = []
+    real_prior = SASRecRanker.log_probs_batch
+    monkeypatch.setattr(SASRecRanker, "log_probs_batch", lambda self, h: scored.append(len(h)) or real_prior(self, h))
     fresh = load(True)
-    both = evaluate_rankers([fresh, fresh.with_weight(0.0)], split.test, dataset.catalog.titles, 3, batch_size=5)
-    assert sum(forwards) == len(split.test)  # one forward per user for both rankings
-    assert {**both[0], "seconds": 0} == {**one, "seconds": 0}
+    rankings = evaluate_rankers([fresh, fresh.with_weight(1.0), fresh.with_weight(0.0)], split.test,
+                                dataset.catalog.titles, 3, batch_size=5)
+    assert sum(forwards) == len(split.test)  # one forward per user for all three rankings
+    assert sum(scored) == len(split.test)  # and one prior scoring for both fused ones
+    assert {**rankings[0], "seconds": 0} == {**one, "seconds": 0}
 
 
 def test_evaluate_writes_the_fused_and_the_alone_result_from_one_pass(fused, tiny_dataset, tmp_path, capsys):

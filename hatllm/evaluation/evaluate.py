@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -29,28 +30,28 @@ from hatllm.reference.search import constrained_beam_search, prompt_logits_batch
 from hatllm.sasrec import SASRecRanker, load_fusion
 
 
-class FirstLogits:
-    """Prompts' first-step logits (one vocabulary row each), computed in batches and kept for the rankers that
-    share this memo (`LLMRanker.with_weight`), so that ranking the same users again costs no forward (the
-    model must not change meanwhile: training builds a new ranker per validation). Keeps `limit` rows at
-    most: `evaluate_rankers` hands one evaluation batch to each ranker in turn."""
+class SharedBatchMemo:
+    """Per-input results of a batched computation (`compute`: inputs -> one result each), kept for the rankers
+    that share this memo (`LLMRanker.with_weight`), so that ranking the same users again computes nothing
+    (the model must not change meanwhile: training builds a new ranker per validation). Keeps `limit`
+    results at most: `evaluate_rankers` hands one evaluation batch to each ranker in turn."""
 
-    def __init__(self, model, pad_id: int, limit: int = EVALUATION_BATCH):
-        self.model, self.pad_id, self.limit = model, pad_id, limit
-        self.rows: dict[tuple[int, ...], torch.Tensor] = {}
+    def __init__(self, compute: Callable[[list[Sequence]], Sequence], limit: int = EVALUATION_BATCH):
+        self.compute, self.limit = compute, limit
+        self.results: dict[tuple, object] = {}
 
-    def __call__(self, prompts: list[list[int]]) -> list[torch.Tensor]:
-        missing = list({tuple(p): p for p in prompts if tuple(p) not in self.rows}.values())
+    def __call__(self, inputs: list[Sequence]) -> list:
+        missing = list({tuple(x): x for x in inputs if tuple(x) not in self.results}.values())
         if missing:
-            if len(self.rows) + len(missing) > self.limit:
-                self.rows.clear()
-            self.rows.update(zip(map(tuple, missing), prompt_logits_batch(self.model, missing, self.pad_id)))
-        return [self.rows[tuple(p)] for p in prompts]
+            if len(self.results) + len(missing) > self.limit:
+                self.results.clear()
+            self.results.update(zip(map(tuple, missing), self.compute(missing)))
+        return [self.results[tuple(x)] for x in inputs]
 
 
 class LLMRanker:
     """HatLLM (or causal) model over a catalog, ranked by the reference constrained beam search; the
-    prompts' first step runs batched."""
+    prompts' first step and the prior's scores run batched, once per history for all weights."""
 
     name = "llm"
 
@@ -61,7 +62,9 @@ class LLMRanker:
         self.prior, self.fusion_weight = prior, fusion_weight
         self.model_steps = 0
         self.name = "hatllm" if set(model.config.hat_layer_types) != {"OR"} else "causal"
-        self.first_logits = FirstLogits(model, catalog.builder.tokenizer.pad_token_id)
+        pad_id = catalog.builder.tokenizer.pad_token_id
+        self.first_logits = SharedBatchMemo(lambda prompts: prompt_logits_batch(model, prompts, pad_id))
+        self.prior_log_probs = SharedBatchMemo(prior.log_probs_batch) if prior is not None else None
 
     @classmethod
     def load(cls, path: str | Path, titles: dict[str, str], popularity, beam_width: int | None = None,
@@ -72,7 +75,7 @@ class LLMRanker:
 
     def with_weight(self, fusion_weight: float) -> "LLMRanker":
         """The same model and prior at another fusion weight (0: the LLM alone), sharing the prompts' first
-        step with this ranker: `evaluate_rankers` over both costs one forward per history."""
+        step and prior scores with this ranker: `evaluate_rankers` over both costs one forward per history."""
         other = copy.copy(self)
         other.fusion_weight, other.model_steps = fusion_weight, 0
         if fusion_weight == 0:
@@ -85,7 +88,7 @@ class LLMRanker:
         for start in range(0, len(histories), self.batch_size):
             batch = histories[start : start + self.batch_size]
             prompts = [self.catalog.prompt(h) for h in batch]
-            priors = self.prior.log_probs_batch(batch) if fused else [None] * len(batch)
+            priors = self.prior_log_probs(batch) if fused else [None] * len(batch)
             for prompt, first, exclude, log_probs in zip(prompts, self.first_logits(prompts),
                                                          excludes[start : start + self.batch_size], priors):
                 view = self.catalog.trie.view(deny=exclude)
