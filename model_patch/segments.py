@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from hatllm.core.masks import NO_OPEN_ITEM
 from model_patch.kernels import hat_attention_ops
 
+NO_OPEN_ITEM = -1  # carry: no item is open after the token
 NO_FIRST_ITEM = torch.iinfo(torch.int32).max  # no item yet: every key of the prefix is visible in IN
 
 
@@ -53,8 +53,8 @@ class SegmentTracker:
                num_slots: int) -> StepSegments:
         """Compute this step's segments and record every new token's state at its slot.
 
-        One C++ pass (``hat_segments``, the sequential form of ``hatllm.core.masks.packed_item_starts`` and
-        ``carry_after``): the same rules as a few dozen small torch ops, without their per-op cost on
+        One C++ pass (``hat_segments``, the rules of ``hatllm.core.masks.item_starts`` applied token by token
+        from the carried state): the same rules as a few dozen small torch ops, without their per-op cost on
         every decode step.
         """
         self._ensure_capacity(num_slots, input_ids.device)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hatllm.core.layers import hat_schedule, parse_schedule
-from hatllm.core.masks import NO_OPEN_ITEM, carry_after, first_item_position, item_starts, layer_mask
+from hatllm.core.masks import first_item_position, item_starts, layer_mask
 
 BOS, OPEN, CLOSE = 1, 3, 4
 #            0    1   2   3     4   5   6      7     8   9      10
@@ -76,24 +76,6 @@ def test_stray_tokens_after_items_see_prefix_and_self():
     assert keys(mask("CR", seq), 7) == set(range(8))
 
 
-def test_chunks_with_carry_equal_whole_sequence():
-    ids = torch.tensor(SEQ)
-    whole = item_starts(ids, OPEN, CLOSE)
-    for cut in range(1, len(SEQ)):
-        head = item_starts(ids[:cut], OPEN, CLOSE)
-        carry = carry_after(head[-1], ids[cut - 1], cut - 1, CLOSE)
-        tail = item_starts(ids[cut:], OPEN, CLOSE, offset=cut, carry=carry)
-        assert torch.equal(torch.cat([head, tail]), whole), cut
-
-
-def test_carry_values():
-    ids = torch.tensor(SEQ)
-    starts = item_starts(ids, OPEN, CLOSE)
-    assert carry_after(starts[4], ids[4], 4, CLOSE).item() == 3  # inside item 1
-    assert carry_after(starts[6], ids[6], 6, CLOSE).item() == NO_OPEN_ITEM  # right after its close
-    assert carry_after(starts[1], ids[1], 1, CLOSE).item() == NO_OPEN_ITEM  # in the prefix
-
-
 def test_masks_are_prefix_consistent():
     full = {k: mask(k) for k in ("IN", "OR", "CR")}
     for cut in range(1, len(SEQ)):
@@ -112,17 +94,3 @@ def test_schedules():
         parse_schedule("IN,XX", 2)
     with pytest.raises(ValueError):
         hat_schedule(2, 2, 1)
-
-
-def test_packed_sequences_equal_one_by_one():
-    from hatllm.core.masks import packed_item_starts
-
-    chunks = [(SEQ, 0, NO_OPEN_ITEM), (SEQ[4:9], 4, 3), ([], 0, NO_OPEN_ITEM), ([CLOSE, OPEN, 20], 40, 38), ([21], 12, NO_OPEN_ITEM)]
-    ids = torch.tensor([t for c, _, _ in chunks for t in c])
-    positions = torch.tensor([off + i for c, off, _ in chunks for i in range(len(c))])
-    bounds = torch.tensor([0] + list(torch.tensor([len(c) for c, _, _ in chunks]).cumsum(0)))
-    carry = torch.tensor([c for _, _, c in chunks])
-    packed = packed_item_starts(ids, positions, bounds, OPEN, CLOSE, carry)
-    expected = [item_starts(torch.tensor(c), OPEN, CLOSE, off, cy) for c, off, cy in chunks if c]
-    assert packed.tolist() == torch.cat(expected).tolist()
-    assert packed[len(SEQ):len(SEQ) + 5].tolist() == [3, 3, 3, 7, 7]  # carried item 1, then item 2

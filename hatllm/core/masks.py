@@ -29,74 +29,18 @@ import torch
 
 from hatllm.core.layers import LayerType
 
-NO_OPEN_ITEM = -1  # carry value: no item is open before the first token of a chunk
 
-
-def item_starts(
-    token_ids: torch.Tensor,
-    open_id: int,
-    close_id: int,
-    offset: int | torch.Tensor = 0,
-    carry: int | torch.Tensor = NO_OPEN_ITEM,
-) -> torch.Tensor:
-    """``item_start`` for each token of ``token_ids`` ([..., T]).
-
-    ``offset`` is the absolute position of the first token, ``carry`` the start of the item still open
-    just before it (``NO_OPEN_ITEM`` if none): together they let a chunk or a single decode token be
-    processed knowing only the state left by the previous token. Both broadcast over leading dims.
-    """
-    shape, T = token_ids.shape, token_ids.shape[-1]
-    device = token_ids.device
-    rows = token_ids.reshape(-1, T)
-    offset = torch.as_tensor(offset, device=device).expand(shape[:-1]).reshape(-1)
-    carry = torch.as_tensor(carry, device=device).expand(shape[:-1]).reshape(-1)
-    positions = (offset[:, None] + torch.arange(T, device=device)).reshape(-1)
-    bounds = torch.arange(0, rows.numel() + 1, T, device=device)
-    return packed_item_starts(rows.reshape(-1), positions, bounds, open_id, close_id, carry).reshape(shape)
-
-
-def packed_item_starts(
-    token_ids: torch.Tensor,
-    positions: torch.Tensor,
-    bounds: torch.Tensor,
-    open_id: int,
-    close_id: int,
-    carry: torch.Tensor,
-) -> torch.Tensor:
-    """``item_start`` for the tokens of several sequences packed in one dim (as an engine step has them).
-
-    Sequence r owns tokens ``bounds[r]:bounds[r + 1]`` at absolute ``positions``, and ``carry[r]`` is the
-    start of its item still open before its first token (NO_OPEN_ITEM if none).
-    """
-    device = token_ids.device
-    counts = bounds[1:] - bounds[:-1]
-    seq = torch.repeat_interleave(torch.arange(len(counts), device=device), counts)
-    positions = positions.long()
-    # Shift each sequence's positions above every earlier sequence's, so that running maxima over the
-    # packed tokens restart at each sequence: ``base - 1`` means "none" within a sequence.
-    stride = int(positions.max()) + 2 if positions.numel() else 1
-    base = seq * stride
-    none = base - 1
-    shifted = base + positions
-    # Latest open at or before each token; the carry stands for an open before the sequence's tokens.
-    last_open = torch.where(token_ids == open_id, shifted, none).cummax(0).values
-    carried = carry.long()[seq]
-    last_open = torch.maximum(last_open, torch.where(carried != NO_OPEN_ITEM, base + carried, none))
-    # Latest close strictly before each token: a close token still belongs to its item.
-    prev_close = torch.where(token_ids == close_id, shifted, none).roll(1)
-    firsts = bounds[:-1][counts > 0]
-    prev_close[firsts] = none[firsts]
-    prev_close = prev_close.cummax(0).values
-    # A close with no open item before it is thereby a stray token, outside items.
+def item_starts(token_ids: torch.Tensor, open_id: int, close_id: int) -> torch.Tensor:
+    """``item_start`` for each token of ``token_ids`` ([..., T])."""
+    positions = torch.arange(token_ids.shape[-1], device=token_ids.device).expand_as(token_ids)
+    none = torch.full_like(positions, -1)
+    # Latest open at or before each token, and latest close strictly before it: a close token still
+    # belongs to its item, and a close with no open item before it is a stray token, outside items.
+    last_open = torch.where(token_ids == open_id, positions, none).cummax(-1).values
+    closes = torch.where(token_ids == close_id, positions, none)
+    prev_close = torch.cat((none[..., :1], closes[..., :-1]), -1).cummax(-1).values
     in_item = (last_open != none) & (last_open > prev_close)
-    return torch.where(in_item, last_open - base, positions + 1)
-
-
-def carry_after(starts: torch.Tensor, token_ids: torch.Tensor, positions: torch.Tensor | int, close_id: int) -> torch.Tensor:
-    """The ``carry`` each token leaves for the next one: the start of its item if that item is still
-    open after it (an item token other than the close delimiter), else NO_OPEN_ITEM. Element-wise."""
-    still_open = (starts <= torch.as_tensor(positions)) & (token_ids != close_id)
-    return torch.where(still_open, starts, torch.full_like(starts, NO_OPEN_ITEM))
+    return torch.where(in_item, last_open, positions + 1)
 
 
 def first_item_position(token_ids: torch.Tensor, open_id: int) -> torch.Tensor:

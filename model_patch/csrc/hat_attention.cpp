@@ -309,8 +309,8 @@ void hat_cache_update(torch::Tensor key, torch::Tensor value, torch::Tensor rows
   });
 }
 
-// Item segments of one engine step, the sequential form of hatllm.masks.packed_item_starts / carry_after
-// (tests/test_hat_kernel.py checks they agree): per request, the state of its previous token is read at that
+// Item segments of one engine step, the rules of hatllm.core.masks.item_starts applied token by token from
+// the carried state (tests/test_hat_kernel.py checks they agree over chunked multi-step requests): per request, the state of its previous token is read at that
 // token's slot (carry: start of the item still open, first: P), each new token gets its item start (an
 // item-open token starts an item, a close token still belongs to it, tokens outside items get pos + 1)
 // and P (the request's first item position, the same for all its tokens of the step), and the state after
