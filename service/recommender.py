@@ -82,15 +82,15 @@ class Recommender:
         recent = history[-self.settings.max_history:]  # the prompt's items; exclusion covers all of history
         with stage("prompt"):
             prompt = snapshot.model.prompt(recent)
+            if len(prompt) + snapshot.trie.longest_path > self.settings.max_model_len:
+                raise ServiceError(422, "history_too_long", f"the prompt ({len(prompt)} tokens) leaves no room for a "
+                                                            f"title within max_model_len={self.settings.max_model_len}")
             view = snapshot.trie.view(allow=allow, deny=deny)
         prior = None
         if self.prior is not None:
             with stage("prior"):
                 log_probs = (await asyncio.to_thread(self.prior.log_probs_batch, [tuple(recent)]))[0]
                 prior = ItemPrior(view, log_probs, self.fusion_weight)
-        if len(prompt) + snapshot.trie.longest_path > self.settings.max_model_len:
-            raise ServiceError(422, "history_too_long", f"the prompt ({len(prompt)} tokens) leaves no room for a title "
-                                                        f"within max_model_len={self.settings.max_model_len}")
         with stage("decode"), self.admission.timed():
             result = await self._decode(prompt, view, req.k, prior)
         metrics.ENGINE_STEPS.observe(result.model_steps)
