@@ -241,7 +241,7 @@ def test_recipe_trains_teacher_student_and_fusion(tiny_dataset, tmp_path):
     from hatllm.training import recipe
 
     out = tmp_path / "recipe"
-    args = ["--data", str(tiny_dataset), "--out", str(out), "--tune-users", "12", "--",
+    args = ["--data", str(tiny_dataset), "--out", str(out), "--tune-users", "12", "--device", "cpu", "--",
             "--size", "tiny", "--vocab-size", "300", "--batch-size", "4", "--epochs", "2"]
     recipe.main(args)
     record = json.loads((out / "recipe.json").read_text())

@@ -2,6 +2,7 @@
 
     python -m hatllm.training.recipe --data data/ml-latest-small --out runs/ml-latest-small/recipe
     python -m hatllm.training.recipe --data ../shared/datasets/ml-1m --out runs/ml-1m/recipe --schedule causal --seed 1
+    python -m hatllm.training.recipe --data data/ml-latest-small --out runs/gpu --device cuda
 
 1. The teacher: SASRec (`baselines.sasrec`), early-stopped on validation NDCG@10, capped at
    `--teacher-minutes`. It is kept in `<out>/teacher/` (the served model does not need it).
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--schedule", default="hat")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device of teacher and student training, e.g. cuda "
+                                                   "(the fusion sweep runs on the CPU, as the service does)")
     args, student_args = p.parse_known_args(argv)
     student_args = [a for a in student_args if a != "--"]
     out = Path(args.out)
@@ -49,13 +52,14 @@ def main(argv: list[str] | None = None) -> Path:
     common = ["--data", args.data, "--seed", str(args.seed), "--threads", str(args.threads)]
     if not (teacher / "sasrec.pt").is_file():
         started = time.time()
-        sasrec.main([*common, "--out", str(teacher), "--max-minutes", str(args.teacher_minutes)])
+        sasrec.main([*common, "--out", str(teacher), "--max-minutes", str(args.teacher_minutes), "--device", args.device])
         record["teacher_minutes"] = round((time.time() - started) / 60, 1)
         out.mkdir(parents=True, exist_ok=True)
         record_path.write_text(json.dumps(record, indent=1))
     student_minutes = args.minutes - record.get("teacher_minutes", 0.0) - args.tune_minutes
     train.main([*common, "--out", str(out), "--schedule", args.schedule, "--teacher", str(teacher), "--teacher-init",
-                "--max-minutes", str(student_minutes), "--resume", *STUDENT_DEFAULTS, *student_args])
+                "--max-minutes", str(student_minutes), "--resume", "--device", args.device, *STUDENT_DEFAULTS,
+                *student_args])
     # the student's own count of its epochs' minutes: it survives a kill and a resume, a wall clock here would not
     record["student_minutes"] = json.loads((out / "training.json").read_text())["minutes"]
     started = time.time()
