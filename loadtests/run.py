@@ -137,6 +137,8 @@ def main() -> int:
         else:
             cmd += ["--users", str(args.users), "--spawn-rate", str(args.spawn_rate)]
         locust_rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+        # the service's own view of the run (server-side latencies, event-loop lag, admission), before it stops
+        (out / "service_metrics.txt").write_bytes(urllib.request.urlopen(url + "/metrics", timeout=30).read())
     service_rc = service.returncode
     print(f"locust exit code {locust_rc} (1 = some requests failed); service exit code {service_rc}")
     if args.step:

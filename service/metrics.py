@@ -4,6 +4,7 @@ vLLM's own engine metrics (vllm:*) register in the same default registry when th
 so /metrics exposes both.
 """
 
+import asyncio
 import time
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -29,6 +30,8 @@ CATALOG_ITEMS = Gauge("hatrec_catalog_items", "Items in the catalog being served
 EVENTS = Counter("hatrec_events_ingested_total", "Interactions appended to histories")
 DEPENDENCY_UP = Gauge("hatrec_dependency_up", "1 when a dependency answers (checked every few seconds)",
                       ["dependency"])
+EVENT_LOOP_LAG = Histogram("hatrec_event_loop_lag_seconds", "How late the event loop ran a timer: what every "
+                           "request waits before its handler runs", buckets=LATENCY_BUCKETS)
 
 
 async def record_request(request, call_next):
@@ -46,3 +49,13 @@ async def record_request(request, call_next):
         path = route.path if route is not None else "unmatched"
         REQUESTS.labels(request.method, path, str(status)).inc()
         REQUEST_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)
+
+
+async def watch_event_loop(interval_s: float = 0.1) -> None:
+    """Observe how late a timer fires, every `interval_s`. One process serves every route on one event loop:
+    when the engine's output handling or CPU contention keeps it busy, every request waits, a refusal too."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        EVENT_LOOP_LAG.observe(max(0.0, loop.time() - due))

@@ -72,7 +72,8 @@ class Services:
         except Exception as exc:  # not ready until Redis answers and the warm-up went through; the watcher retries
             log.warning("not ready at start: %r", exc)
         self._watchers = [asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s)),
-                          asyncio.create_task(self.watch_health(self.settings.catalog_poll_s))]
+                          asyncio.create_task(self.watch_health(self.settings.catalog_poll_s)),
+                          asyncio.create_task(metrics.watch_event_loop())]
 
     async def prepare(self) -> None:
         """Keys of the older layout renamed (once), the catalog loaded, the engine warmed up."""

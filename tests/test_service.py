@@ -529,6 +529,7 @@ def test_metrics_exposed(client, services):
     assert value("hatrec_dependency_up", dependency="engine") == 1
     assert value("hatrec_http_requests_in_flight") >= 0 and value("hatrec_recommend_queue_depth") >= 0
     assert value("hatrec_recommend_admission_limit") == 64
+    assert value("hatrec_event_loop_lag_seconds_count") >= 1  # watched since the service started
     assert any(name.startswith("vllm:") for name, _ in samples)  # the engine's own metrics
     assert not any("alice" in label for _, labels in samples for _, label in labels)  # no user ids in labels
 
