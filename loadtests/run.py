@@ -137,8 +137,12 @@ def main() -> int:
         else:
             cmd += ["--users", str(args.users), "--spawn-rate", str(args.spawn_rate)]
         locust_rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
-        # the service's own view of the run (server-side latencies, event-loop lag, admission), before it stops
-        (out / "service_metrics.txt").write_bytes(urllib.request.urlopen(url + "/metrics", timeout=30).read())
+        # the service's own view of the run (server-side latencies, event-loop lag, admission), before it stops;
+        # a service that died in the run has none, and the report of what Locust saw must still be written
+        try:
+            (out / "service_metrics.txt").write_bytes(urllib.request.urlopen(url + "/metrics", timeout=30).read())
+        except OSError as exc:
+            print(f"no /metrics after the run: {exc}")
     service_rc = service.returncode
     print(f"locust exit code {locust_rc} (1 = some requests failed); service exit code {service_rc}")
     if args.step:

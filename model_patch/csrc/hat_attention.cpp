@@ -310,12 +310,13 @@ void hat_cache_update(torch::Tensor key, torch::Tensor value, torch::Tensor rows
 }
 
 // Item segments of one engine step, the rules of hatllm.core.masks.item_starts applied token by token from
-// the carried state (tests/test_hat_kernel.py checks they agree over chunked multi-step requests): per request, the state of its previous token is read at that
-// token's slot (carry: start of the item still open, first: P), each new token gets its item start (an
-// item-open token starts an item, a close token still belongs to it, tokens outside items get pos + 1)
-// and P (the request's first item position, the same for all its tokens of the step), and the state after
-// each token is written at its slot. ids, positions, slots [N] int64; query_start_loc [R + 1] int32;
-// block_table [R, B] int32; carry, first [num_slots] int32. Returns item starts and P, [N] int64 each.
+// the carried state (tests/test_hat_kernel.py checks they agree over chunked multi-step requests): per
+// request, the state of its previous token is read at that token's slot (carry: start of the item still open,
+// first: P), each new token gets its item start (an item-open token starts an item, a close token still
+// belongs to it, tokens outside items get pos + 1) and P (the request's first item position, the same for all
+// its tokens of the step), and the state after each token is written at its slot. ids, positions, slots [N]
+// int64; query_start_loc [R + 1] int32; block_table [R, B] int32; carry, first [num_slots] int32. Returns
+// item starts and P, [N] int64 each.
 std::vector<torch::Tensor> hat_segments(torch::Tensor ids, torch::Tensor positions, torch::Tensor slots,
                                         torch::Tensor query_start_loc, torch::Tensor block_table, int64_t block_size,
                                         int64_t open_id, int64_t close_id, torch::Tensor carry, torch::Tensor first,
