@@ -43,7 +43,8 @@ def prompt_logits_batch(model, prompts: list[list[int]], pad_id: int) -> list[to
     length = max(len(p) for p in prompts)
     ids = torch.tensor([p + [pad_id] * (length - len(p)) for p in prompts], device=model.device)
     hidden = forward(model, ids).hidden
-    last = hidden[torch.arange(len(prompts)), torch.tensor([len(p) - 1 for p in prompts])]
+    last = hidden[torch.arange(len(prompts), device=hidden.device),
+                  torch.tensor([len(p) - 1 for p in prompts], device=hidden.device)]
     return list(logits(model, last))
 
 

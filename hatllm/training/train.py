@@ -101,7 +101,7 @@ class CodeObjective:
 
     def loss(self, model, windows, idx, ids, predicts, autocast: bool) -> torch.Tensor:
         opens = (ids == model.config.hat_item_open_token_id) & predicts
-        opens[torch.arange(len(ids)), opens.int().argmax(1)] = False  # a window's first item has no history in it
+        opens[torch.arange(len(ids), device=ids.device), opens.int().argmax(1)] = False  # a window's first item has no history in it
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=autocast):
             hidden = forward(model, ids).hidden[opens]
             scores = self.code_logits(model, hidden)
