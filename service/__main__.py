@@ -20,6 +20,7 @@ import uvicorn
 from .api import create_app
 from .loader import load
 from .redis_server import EmbeddedRedis
+from .request_ids import log_handler
 from .settings import Settings
 
 ENGINE_FAILED_EXIT_CODE = 3
@@ -47,7 +48,7 @@ def serve(settings: Settings) -> int:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, handlers=[log_handler()])
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: turn it into an
     # exception so that the embedded Redis is stopped too, and exit with the conventional 128 + signal.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))

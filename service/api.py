@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from . import metrics
 from .errors import install_error_handlers
 from .limits import BodySizeLimit
+from .request_ids import add_request_ids
 from .routes import ROUTERS
 from .schemas import ErrorBody
 from .services import Services
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="HatLLM recommendations", version="0.1.0", lifespan=lifespan, responses=ERRORS)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.middleware("http")(metrics.record_request)
+    add_request_ids(app)
     install_error_handlers(app, settings.retry_after_s)
     for router in ROUTERS:
         app.include_router(router)

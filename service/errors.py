@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from .request_ids import HEADER, current_request_id
 from .store import STORE_ERRORS
 
 log = logging.getLogger(__name__)
@@ -79,4 +80,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(Exception)
     async def internal_error(_request, exc: Exception):
         log.exception("unhandled error")
-        return error_response(500, "internal_error", "unexpected error (logged)")
+        # Answered outside every middleware (Starlette's server-error layer), so the id is set here.
+        request_id = current_request_id()
+        return error_response(500, "internal_error", "unexpected error (logged with the request id)",
+                              {"request_id": request_id}, headers={HEADER: request_id} if request_id else None)

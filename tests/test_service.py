@@ -8,6 +8,7 @@ catalog restore it, and each test makes the requests its assertions are about.
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -395,6 +396,22 @@ def test_overload_is_shed_with_429(client, services):
     assert shed.headers["Retry-After"] == "1" and cold.status_code == 429
     assert recommend(client, user_id="alice", k=5).status_code == 200  # capacity is back
     assert recommend(client, user_id="stranger", k=2).status_code == 200
+
+
+def test_every_answer_carries_a_request_id(client, services):
+    """The caller's id is kept when it is a plain token, replaced by a new one otherwise; errors carry it too,
+    a body refused before the app read it included."""
+    made = re.compile(r"[0-9a-f]{32}")
+    kept = client.post("/recommend", json={"user_id": "alice", "k": 3}, headers={"X-Request-ID": "lb-7f3a:42"})
+    assert kept.status_code == 200 and kept.headers["X-Request-ID"] == "lb-7f3a:42"
+    assert made.fullmatch(client.get("/healthz").headers["X-Request-ID"])
+    for unsafe in (b"two words", b"x" * 129, "caf\u00e9".encode()):
+        assert made.fullmatch(client.get("/healthz", headers={"X-Request-ID": unsafe}).headers["X-Request-ID"])
+    invalid = client.post("/recommend", json={"user_id": "alice", "k": 0}, headers={"X-Request-ID": "r-1"})
+    assert invalid.status_code == 422 and invalid.headers["X-Request-ID"] == "r-1"
+    too_large = client.post("/events", content=b" " * (services.settings.max_body_bytes + 1),
+                            headers={"content-type": "application/json", "X-Request-ID": "r-2"})
+    assert too_large.json()["error"]["code"] == "body_too_large" and too_large.headers["X-Request-ID"] == "r-2"
 
 
 def test_slow_decoding_times_out_with_503(client, services):

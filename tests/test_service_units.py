@@ -1,5 +1,7 @@
 """Small pure functions of the service (no Redis, no engine)."""
 
+import io
+import logging
 import os
 import time
 from pathlib import Path
@@ -269,3 +271,30 @@ def test_every_setting_and_metric_is_documented():
     assert [name for name in Settings.model_fields if f"`HATREC_{name.upper()}`" not in readme] == []
     names = [m.describe()[0].name for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
     assert names and [name for name in names if f"`{name}" not in readme] == []  # a counter's name has no _total
+
+
+def test_an_unhandled_error_answers_and_logs_with_the_request_id():
+    """The 500 answer is sent outside every middleware: it still names the request, as its log line does."""
+    from fastapi.testclient import TestClient
+
+    from service.api import create_app
+    from service.request_ids import log_handler
+
+    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0"))  # its lifespan (Redis, engine) is not run
+
+    @app.get("/fails")
+    async def fails():
+        raise RuntimeError("a bug")
+
+    lines = io.StringIO()
+    handler = log_handler(lines)
+    logging.getLogger("service.errors").addHandler(handler)
+    try:
+        answer = TestClient(app, raise_server_exceptions=False).get("/fails", headers={"X-Request-ID": "report-42"})
+    finally:
+        logging.getLogger("service.errors").removeHandler(handler)
+    assert answer.status_code == 500 and answer.headers["X-Request-ID"] == "report-42"
+    assert answer.json()["error"] == {"code": "internal_error", "details": {"request_id": "report-42"},
+                                      "message": "unexpected error (logged with the request id)"}
+    assert "ERROR service.errors [report-42]: unhandled error" in lines.getvalue()
+    assert "RuntimeError: a bug" in lines.getvalue()
