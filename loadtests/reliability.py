@@ -2,6 +2,7 @@
 
     python -m loadtests.reliability first-start       # empty kernel cache: built before ready, first request fast
     python -m loadtests.reliability open-on-network   # no API keys on a network address: refuses to start
+    python -m loadtests.reliability second-main-job   # its port, Redis port or Redis folder taken: exits 1, says which
     python -m loadtests.reliability security          # key scopes, the history probe, a huge title
     python -m loadtests.reliability exclude-seen      # a 50-event user: none of their items comes back
     python -m loadtests.reliability two-replicas      # two service processes on one Redis see each other's writes
@@ -27,6 +28,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -404,6 +406,38 @@ def open_on_network(workdir: Path) -> dict:
     return figures
 
 
+def second_main_job(workdir: Path, bound_s: float = 60.0) -> dict:
+    """A second `python -m service` on this machine finds the first's HTTP port, its embedded Redis's port or
+    that Redis's data folder taken: it exits with code 1 before starting an engine, saying which, and
+    touches nothing of the first's (it used to serve from the first's Redis, or wait forever)."""
+    first_redis = EmbeddedRedis(free_port(), workdir / "first-redis").start()
+    first_http = socket.create_server(("127.0.0.1", free_port()))
+    taken = {"http_port": ({"HATREC_PORT": str(first_http.getsockname()[1])}, "cannot listen on"),
+             "redis_port": ({"HATREC_EMBEDDED_REDIS_PORT": str(first_redis.port)}, "Address already in use"),
+             "redis_folder": ({"HATREC_EMBEDDED_REDIS_DIR": str(first_redis.data_dir)}, "in use by another embedded")}
+    figures = {}
+    try:
+        for name, (env, why) in taken.items():
+            log = workdir / f"{name}.log"
+            started = time.monotonic()
+            process = start_service(free_port(), str(workdir / "second-redis"), log, env)
+            try:
+                code = process.wait(timeout=bound_s)
+            except subprocess.TimeoutExpired:
+                stop_service(process)
+                code = None
+            figures[name] = dict(exit_code=code, says_why=why in log.read_text(),
+                                 exited_after_s=round(time.monotonic() - started, 1))
+        figures["keys_written_to_the_first_redis"] = redis.Redis(port=first_redis.port).dbsize()
+    finally:
+        first_http.close()
+        first_redis.stop()
+    check(all(figures[name]["exit_code"] == 1 and figures[name]["says_why"] for name in taken),
+          "a second main job did not exit with code 1 saying what is taken", figures)
+    check(figures["keys_written_to_the_first_redis"] == 0, "a second main job wrote to the first's Redis", figures)
+    return figures
+
+
 def security(workdir: Path) -> dict:
     """Scoped keys: reads, writes and admin each need their scope; an allow-list with exclude_seen needs a
     trusted key; a huge title is refused and never blocks anyone's recommendations."""
@@ -545,7 +579,7 @@ def bad_input(workdir: Path, examples: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=["first-start", "open-on-network", "security", "exclude-seen", "two-replicas",
+    p.add_argument("scenario", choices=["first-start", "open-on-network", "second-main-job", "security", "exclude-seen", "two-replicas",
                                         "redis-kill",
                                         "redis-outage", "overload", "engine-failure", "main-job-killed", "shutdown", "bad-input",
                                         "all"])
@@ -566,6 +600,7 @@ def main() -> int:
     scenarios = {
         "first-start": first_start,
         "open-on-network": open_on_network,
+        "second-main-job": second_main_job,
         "security": security,
         "exclude-seen": exclude_seen,
         "two-replicas": two_replicas,

@@ -4,7 +4,8 @@
 
 Starts redis-server unless REDIS_URL is set, loads the default dataset if Redis holds no catalog,
 serves the default model on http://127.0.0.1:8000 (OpenAPI docs at /docs). Ctrl-C (or SIGTERM) stops
-all of it: in-flight requests finish (up to 30 s), new ones are refused. Exit code 3: the engine died.
+all of it: in-flight requests finish (up to 30 s), new ones are refused. Exit codes: 1, it did not start
+(the port or the embedded Redis taken, bad settings: the log says which); 3, the engine died.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from contextlib import ExitStack
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from .api import create_app
 from .loader import load
@@ -23,15 +26,47 @@ from .redis_server import EmbeddedRedis
 from .request_ids import log_handler
 from .settings import Settings
 
+NOT_STARTED_EXIT_CODE = 1
 ENGINE_FAILED_EXIT_CODE = 3
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else starts: a port in use fails at once, not after the
+    engine has started, and before an embedded Redis or the dataset loader has touched anything."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Server(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # uvicorn says where it listens only when it binds the socket itself
+            host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+            logging.info("serving on http://%s:%d (Ctrl-C stops it)", host, self.config.port)
+
+
 def serve(settings: Settings) -> int:
-    """Run everything until stopped; the exit code: 0, or 3 when the engine died."""
-    with ExitStack() as stack:
+    """Run everything until stopped; the exit code: 0; 1 when it did not start; 3 when the engine died."""
+    try:
+        listener = listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        logging.error("cannot listen on %s:%d: %s (HATREC_HOST, HATREC_PORT)", settings.host, settings.port,
+                      exc.strerror)
+        return NOT_STARTED_EXIT_CODE
+    with listener, ExitStack() as stack:
         if settings.redis_url is None:
-            embedded = stack.enter_context(EmbeddedRedis(settings.embedded_redis_port, settings.embedded_redis_dir,
-                                                        restart=True))
+            try:
+                embedded = stack.enter_context(EmbeddedRedis(settings.embedded_redis_port, settings.embedded_redis_dir,
+                                                            restart=True))
+            except RuntimeError as exc:
+                logging.error("%s", exc)
+                return NOT_STARTED_EXIT_CODE
             settings = settings.model_copy(update={"redis_url": embedded.url})
             logging.info("started redis-server at %s (data in %s)", embedded.url, settings.embedded_redis_dir)
         if settings.dataset:
@@ -39,10 +74,16 @@ def serve(settings: Settings) -> int:
             if loaded:
                 logging.info("loaded %s into Redis: %s", settings.dataset, loaded)
         app = create_app(settings)
-        server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port,
+        server = Server(uvicorn.Config(app, host=settings.host, port=settings.port,
                                                timeout_graceful_shutdown=30))
         app.state.request_exit = lambda: setattr(server, "should_exit", True)
-        server.run()
+        try:
+            server.run(sockets=[listener])
+        except SystemExit as exc:  # uvicorn's code for a failed start is 3, which here means a dead engine
+            if exc.code != STARTUP_FAILURE:
+                raise
+            logging.error("the service did not start (the error is above)")
+            return NOT_STARTED_EXIT_CODE
     services = getattr(app.state, "services", None)
     return ENGINE_FAILED_EXIT_CODE if services is not None and services.engine_failed else 0
 

@@ -26,6 +26,7 @@ from hatllm.core.prompt import PromptBuilder
 from hatllm.core.trie import PatchedTrie, TitleTrie
 
 from . import metrics
+from .background import every
 from .store import STORE_ERRORS, Store
 
 log = logging.getLogger(__name__)
@@ -138,12 +139,12 @@ class CatalogCache:
         if self._rebuild is not None:
             self._rebuild.cancel()
 
-    async def watch(self, interval_s: float) -> None:
-        """Follow catalog changes made elsewhere; Redis outages only delay it."""
-        while True:
-            try:
-                await self.refresh()
-            except STORE_ERRORS as exc:
-                log.warning("catalog refresh failed: %s", exc)
-            await asyncio.sleep(interval_s)
+    async def watch(self, interval_s: float, stopping: asyncio.Event) -> None:
+        """Follow catalog changes made elsewhere until `stopping` is set; Redis outages only delay it."""
+        await every(interval_s, self._refresh_or_warn, stopping)
 
+    async def _refresh_or_warn(self) -> None:
+        try:
+            await self.refresh()
+        except STORE_ERRORS as exc:
+            log.warning("catalog refresh failed: %s", exc)

@@ -5,12 +5,15 @@ Persistence: append-only file, fsynced on every write, so an acknowledged event 
 Supervised (`restart=True`, as the main job runs it): if redis-server dies, it is started again on the
 same port and data, after 0.5 s, doubling up to 30 s while it keeps dying within a minute of a start.
 It dies with its parent: a main job killed outright (SIGKILL, the OOM killer) leaves no redis-server behind
-holding the port and the data for the next start.
+holding the port and the data for the next start. One at a time per data folder (a lock file), and only
+a redis-server of its own counts as started: with another Redis on the port (a second main job's), it
+refuses to start rather than use that one's data. redis-server's own log is `redis-server.log` there.
 """
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -51,6 +54,11 @@ class EmbeddedRedis:
         self.restarts = 0
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._lock = None  # the data folder's lock file, open while this runs
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "redis-server.log"
 
     @property
     def url(self) -> str:
@@ -58,7 +66,12 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> "EmbeddedRedis":
         self._stopping.clear()
-        self._spawn(timeout_s)
+        self._lock_data_dir()
+        try:
+            self._spawn(timeout_s)
+        except BaseException:
+            self._unlock_data_dir()
+            raise
         if self.restart and self._supervisor is None:
             self._supervisor = threading.Thread(target=self._supervise, name="redis-supervisor", daemon=True)
             self._supervisor.start()
@@ -83,27 +96,57 @@ class EmbeddedRedis:
                 log.error("%s", exc)
             started, delay = time.monotonic(), min(delay * 2, RESTART_DELAYS_S[1])
 
-    def _spawn(self, timeout_s: float = 10.0) -> None:
+    def _lock_data_dir(self) -> None:
+        if self._lock is not None:
+            return
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(self.data_dir / ".lock", "w")  # held open while this runs
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RuntimeError(f"{self.data_dir} is in use by another embedded redis-server (another main job?): "
+                               "set HATREC_EMBEDDED_REDIS_DIR and HATREC_EMBEDDED_REDIS_PORT, or REDIS_URL") from None
+        self._lock = lock
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing releases the lock
+            self._lock = None
+
+    def _spawn(self, timeout_s: float = 10.0) -> None:
         self.process = subprocess.Popen(
             [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.data_dir.resolve()),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_terminated_with(os.getpid()))
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes",
+             "--logfile", str(self.log_file.resolve())],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_terminated_with(os.getpid()),
+            process_group=0)  # Ctrl-C in a terminal signals the main job, which stops Redis last, not Redis itself
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    if self.process.poll() is None:  # kept, dead: the supervisor tries again
-                        self.process.kill()
-                        self.process.wait()
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+        try:
+            while self.process.poll() is None and time.monotonic() < deadline:
+                try:  # the Redis answering must be this one: another may hold the port
+                    if client.info("server")["process_id"] == self.process.pid:
+                        return
+                except redis.RedisError:  # not up yet, or another Redis that wants a password
+                    pass
                 time.sleep(0.05)
-            finally:
-                client.close()
+        finally:
+            client.close()
+        if self.process.poll() is None:  # kept, dead: the supervisor tries again
+            self.process.kill()
+            self.process.wait()
+        raise RuntimeError(f"redis-server did not start on port {self.port}: {self._last_warnings()}")
+
+    def _last_warnings(self) -> str:
+        """Why redis-server stopped, in its own words: its last warnings ("... bind: Address already in use")."""
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        # a line: "pid:role day month year time level message"; level "#" is a warning
+        warnings = [fields[5] for line in lines if len(fields := line.split(" ", 5)) == 6 and fields[5].startswith("# ")]
+        return "; ".join(w[2:] for w in warnings[-2:]) or f"nothing logged in {self.log_file}"
 
     def stop(self) -> None:
         self._stopping.set()
@@ -111,6 +154,7 @@ class EmbeddedRedis:
             self._supervisor.join(timeout=5)
             self._supervisor = None
         self._terminate()
+        self._unlock_data_dir()
 
     def _terminate(self) -> None:
         if self.process is not None and self.process.poll() is None:

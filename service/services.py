@@ -20,6 +20,7 @@ from hatllm.sasrec import load_fusion
 from . import metrics
 from .admission import MIN_BASELINE_SAMPLES
 from .api_keys import KeyRing, configured_keys, is_loopback
+from .background import every
 from .catalog import CatalogCache
 from .engine import Engine
 from .keys import Keys
@@ -29,6 +30,7 @@ from .settings import IN_FLIGHT_PER_CORE, Settings
 from .store import STORE_ERRORS, Store, connect
 
 log = logging.getLogger(__name__)
+WATCHERS_STOP_S = 5.0  # the longest a shutdown waits for a watcher's round (a Redis call, a warm-up) to end
 
 
 class Services:
@@ -61,6 +63,7 @@ class Services:
         fusion = load_fusion(settings.model_path) if settings.fusion else None
         self.recommender = Recommender(settings, self.store, self.catalog, self.engine, fusion)
         self._watchers: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
         self.engine_failed = False
         self.migrated = self.warmed_up = False
         self.redis_answered = True  # the last health check's answer: a change is logged, not every probe
@@ -71,8 +74,8 @@ class Services:
             await self.prepare()
         except Exception as exc:  # not ready until Redis answers and the warm-up went through; the watcher retries
             log.warning("not ready at start: %r", exc)
-        self._watchers = [asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s)),
-                          asyncio.create_task(self.watch_health(self.settings.catalog_poll_s)),
+        self._watchers = [asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s, self._stopping)),
+                          asyncio.create_task(every(self.settings.catalog_poll_s, self.check_health, self._stopping)),
                           asyncio.create_task(metrics.watch_event_loop())]
 
     async def prepare(self) -> None:
@@ -121,17 +124,16 @@ class Services:
             metrics.DEPENDENCY_UP.labels(name).set(int(ok))
         return checks
 
-    async def watch_health(self, interval_s: float) -> None:
-        while True:
-            try:
-                checks = await self.checks()
-                if not checks["engine"] and self.engine.started and not self.engine_failed:
-                    self._on_engine_failure()
-                elif checks["engine"] and not self.warmed_up:
-                    await self.prepare()
-            except Exception:  # a health check must never stop for good
-                log.exception("health check failed")
-            await asyncio.sleep(interval_s)
+    async def check_health(self) -> None:
+        """One round of the health watcher: notice a dead engine, and finish preparing once everything answers."""
+        try:
+            checks = await self.checks()
+            if not checks["engine"] and self.engine.started and not self.engine_failed:
+                self._on_engine_failure()
+            elif checks["engine"] and not self.warmed_up:
+                await self.prepare()
+        except Exception:  # a health check must never stop for good
+            log.exception("health check failed")
 
     def _on_engine_failure(self) -> None:
         """vLLM does not restart a dead engine core: leave it to the supervisor (exit code 3), after a
@@ -143,8 +145,11 @@ class Services:
             asyncio.get_running_loop().call_later(delay, self.request_exit)
 
     async def stop(self) -> None:
+        self._stopping.set()  # ends each watcher after its round, also one whose cancellation is lost
         for task in self._watchers:
             task.cancel()
+        if self._watchers:  # before the engine and Redis they use go away
+            await asyncio.wait(self._watchers, timeout=WATCHERS_STOP_S)
         self.catalog.stop()
         self.engine.shutdown()
         await self.redis.aclose()

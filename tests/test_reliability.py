@@ -24,7 +24,14 @@ def test_first_start_builds_the_kernel_before_ready_and_answers_at_once(tmp_path
 
 def test_no_keys_on_a_network_address_refuses_to_start(tmp_path):
     figures = reliability.open_on_network(tmp_path)
-    assert figures["exit_code"] not in (None, 0) and figures["says_why"]
+    assert figures["exit_code"] == 1 and figures["says_why"]
+
+
+def test_a_second_main_job_exits_saying_what_is_taken(tmp_path):
+    figures = reliability.second_main_job(tmp_path)
+    assert all(figures[name]["exit_code"] == 1 and figures[name]["says_why"]
+               for name in ("http_port", "redis_port", "redis_folder"))
+    assert figures["keys_written_to_the_first_redis"] == 0
 
 
 def test_replicas_share_nothing_but_redis(tmp_path):

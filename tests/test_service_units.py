@@ -86,6 +86,53 @@ def test_embedded_redis_is_restarted_after_a_crash(tmp_path):
     assert server.process is None and server.restarts == 1  # stopped on purpose: not restarted
 
 
+def test_embedded_redis_will_not_use_another_ones_port_or_data(tmp_path):
+    """A second main job must not take the first's Redis over: another Redis on the port, or another embedded
+    one on the data folder, fails its start with an error that says so, and the other runs on untouched."""
+    import redis
+
+    from loadtests.local_service import free_port
+    from service.redis_server import EmbeddedRedis
+
+    first = EmbeddedRedis(free_port(), tmp_path / "first").start()
+    try:
+        with pytest.raises(RuntimeError, match=f"port {first.port}: .*Address already in use"):
+            EmbeddedRedis(first.port, tmp_path / "second").start()
+        with pytest.raises(RuntimeError, match="in use by another embedded redis-server"):
+            EmbeddedRedis(free_port(), tmp_path / "first").start()
+        assert redis.Redis(port=first.port).info("server")["process_id"] == first.process.pid
+    finally:
+        first.stop()
+    EmbeddedRedis(free_port(), tmp_path / "first").start().stop()  # the folder is free once the first stopped
+
+
+def test_a_watcher_stops_even_when_its_cancellation_is_lost():
+    import asyncio
+
+    from service.background import every
+
+    async def scenario() -> tuple[bool, int]:
+        stopping, rounds = asyncio.Event(), []
+
+        async def step():
+            rounds.append(time.monotonic())
+            if len(rounds) == 3:
+                try:
+                    await asyncio.sleep(0.2)
+                except asyncio.CancelledError:  # lost, as Python 3.11's asyncio.wait_for loses it in a Redis call
+                    pass
+
+        watcher = asyncio.create_task(every(0.01, step, stopping))
+        while len(rounds) < 3:
+            await asyncio.sleep(0.005)
+        stopping.set()
+        watcher.cancel()
+        done, _ = await asyncio.wait([watcher], timeout=1)
+        return bool(done), len(rounds)
+
+    assert asyncio.run(scenario()) == (True, 3)  # ended after the round it was in, not one round more
+
+
 def test_redis_password_from_a_file(tmp_path):
     (tmp_path / "pw").write_text("p@ss/word\n")
     settings = Settings(redis_url="redis://redis:6379/0", redis_password_file=tmp_path / "pw")
