@@ -20,11 +20,14 @@ from contextlib import ExitStack
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from hatllm.data import DataError
+
 from .api import create_app
 from .loader import load
 from .redis_server import EmbeddedRedis
 from .request_ids import log_handler
 from .settings import Settings
+from .store import STORE_ERRORS
 
 NOT_STARTED_EXIT_CODE = 1
 ENGINE_FAILED_EXIT_CODE = 3
@@ -70,7 +73,14 @@ def serve(settings: Settings) -> int:
             settings = settings.model_copy(update={"redis_url": embedded.url})
             logging.info("started redis-server at %s (data in %s)", embedded.url, settings.embedded_redis_dir)
         if settings.dataset:
-            loaded = asyncio.run(load(settings.dataset, settings, only_if_empty=True))
+            try:
+                loaded = asyncio.run(load(settings.dataset, settings, only_if_empty=True))
+            except DataError as exc:
+                logging.error("cannot load HATREC_DATASET: %s", exc)
+                return NOT_STARTED_EXIT_CODE
+            except STORE_ERRORS as exc:
+                logging.error("cannot load %s into Redis at %s: %s", settings.dataset, settings.redis_url, exc)
+                return NOT_STARTED_EXIT_CODE
             if loaded:
                 logging.info("loaded %s into Redis: %s", settings.dataset, loaded)
         app = create_app(settings)

@@ -35,7 +35,11 @@ WATCHERS_STOP_S = 5.0  # the longest a shutdown waits for a watcher's round (a R
 
 class Services:
     def __init__(self, settings: Settings, request_exit: Callable[[], None] | None = None):
-        config = AutoConfig.from_pretrained(settings.model_path)
+        try:
+            config = AutoConfig.from_pretrained(settings.model_path)
+        except OSError as exc:  # transformers' message for a missing folder is about hub repository names
+            raise ValueError(f"no model at HATREC_MODEL_PATH={settings.model_path}: a folder with the config.json, "
+                             f"tokenizer and weights that training writes is expected ({exc})") from None
         if settings.max_history is None:  # the history length the model was trained with
             settings = settings.model_copy(update={"max_history": getattr(config, "hat_max_history", None) or 20})
         if settings.max_in_flight is None:  # sized for this machine: the engine's steps are the bottleneck
@@ -73,7 +77,7 @@ class Services:
         try:
             await self.prepare()
         except Exception as exc:  # not ready until Redis answers and the warm-up went through; the watcher retries
-            log.warning("not ready at start: %r", exc)
+            log.warning("not ready at start: %s: %s", type(exc).__name__, exc)
         self._watchers = [asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s, self._stopping)),
                           asyncio.create_task(every(self.settings.catalog_poll_s, self.check_health, self._stopping)),
                           asyncio.create_task(metrics.watch_event_loop())]
@@ -113,7 +117,7 @@ class Services:
             redis_ok = await self.store.ping()
         except STORE_ERRORS as exc:
             if self.redis_answered:
-                log.warning("Redis did not answer the health check: %r", exc)
+                log.warning("Redis did not answer the health check: %s: %s", type(exc).__name__, exc)
             redis_ok = False
         if redis_ok and not self.redis_answered:
             log.warning("Redis answers the health check again")

@@ -58,6 +58,32 @@ def test_open_routes_only_on_a_loopback_address(hat_checkpoint):
     assert keyed.keys.scopes("k") and not keyed.keys.scopes("other")
 
 
+def test_a_missing_model_is_named_as_the_setting(tmp_path):
+    from service.services import Services
+
+    with pytest.raises(ValueError, match=f"no model at HATREC_MODEL_PATH={tmp_path / 'none'}"):
+        Services(Settings(redis_url="redis://127.0.0.1:1/0", model_path=str(tmp_path / "none")))
+
+
+def test_main_job_that_cannot_start_says_why_and_exits_1(tmp_path, caplog):
+    """Before an engine starts: the HTTP port taken, or a dataset that is not there (with an empty Redis)."""
+    import socket
+
+    from loadtests.local_service import free_port
+    from service.__main__ import NOT_STARTED_EXIT_CODE, serve
+
+    def settings(**changes) -> Settings:
+        return Settings(**{"port": free_port(), "embedded_redis_port": free_port(),
+                           "embedded_redis_dir": tmp_path / "redis", **changes})
+
+    caplog.set_level(logging.ERROR)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        assert serve(settings(port=taken.getsockname()[1])) == NOT_STARTED_EXIT_CODE
+    assert serve(settings(dataset=str(tmp_path / "none"))) == NOT_STARTED_EXIT_CODE
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["cannot listen on 127.0.0.1",
+                                                                      "cannot load HATREC_DATASET"]
+
+
 def test_embedded_redis_is_restarted_after_a_crash(tmp_path):
     import signal
     import time
