@@ -10,11 +10,13 @@ a real dump does contain (unknown item ids, empty titles) are skipped and counte
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -226,16 +228,29 @@ FORMATS = [
 ]
 
 
-def load_dataset(path: str | Path) -> Dataset:
-    """Load any supported dataset folder, detecting its format from the files present."""
-    root = Path(path)
+def dataset_loader(root: Path) -> Callable[[Path], Dataset]:
+    """The loader of the dataset folder `root`, by the files present."""
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
     for files, loader in FORMATS:
         if all((root / f).is_file() for f in files):
-            return loader(root)
+            return loader
     expected = " | ".join("+".join(files) for files, _ in FORMATS)
     raise DataError(f"{root}: no known dataset format; expected one of: {expected}")
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Load any supported dataset folder, detecting its format from the files present."""
+    return dataset_loader(Path(path))(Path(path))
+
+
+def dataset_folder(path: str) -> str:
+    """For argparse's `type=`: a folder of no supported format is a usage error at once, before anything loads."""
+    try:
+        dataset_loader(Path(path))
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ from collections import Counter
 
 from tqdm import tqdm
 
-from hatllm.data import load_dataset
+from hatllm.data import dataset_folder, load_dataset
 
 from .keys import Keys
 from .settings import Settings
-from .store import Store, connect
+from .store import STORE_ERRORS, Store, connect
 
 USERS_PER_BATCH = 500
 
@@ -53,7 +53,7 @@ async def load(data: str, settings: Settings, only_if_empty: bool = False) -> di
 def main(argv: list[str] | None = None) -> dict:
     settings = Settings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--data", required=True, type=dataset_folder, help="dataset folder")
     p.add_argument("--redis-url", default=settings.redis_url, required=settings.redis_url is None)
     p.add_argument("--cluster", action=argparse.BooleanOptionalAction, default=settings.redis_cluster,
                    help="the URL is a node of a Redis Cluster")
@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     settings = settings.model_copy(update={"redis_url": args.redis_url, "redis_cluster": args.cluster,
                                            "redis_prefix": args.prefix, "history_cap": args.history_cap})
-    summary = asyncio.run(load(args.data, settings))
+    try:
+        summary = asyncio.run(load(args.data, settings))
+    except STORE_ERRORS as exc:
+        p.exit(1, f"{p.prog}: error: Redis at {args.redis_url}: {exc}\n")
     print(summary)
     return summary
 

@@ -283,8 +283,8 @@ def test_learning_curves_read_run_folders_and_kept_logs(trained, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
-def test_bf16_defaults_to_what_the_device_computes_natively():
-    required = ["--data", "d", "--out", "o"]
+def test_bf16_defaults_to_what_the_device_computes_natively(tiny_dataset):
+    required = ["--data", str(tiny_dataset), "--out", "o"]
     assert train.parse_args(required).bf16 is train.native_bf16("cpu")  # resolved, so training.json records it
     assert train.parse_args([*required, "--bf16"]).bf16 is True
     assert train.parse_args([*required, "--no-bf16"]).bf16 is False

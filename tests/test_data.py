@@ -98,6 +98,17 @@ def test_unknown_folder(tmp_path):
         load_dataset(tmp_path)
 
 
+@pytest.mark.parametrize("cli", ["hatllm.training.train", "hatllm.training.sasrec", "hatllm.training.recipe",
+                                 "hatllm.training.tune_fusion", "hatllm.evaluation.evaluate", "service.loader"])
+def test_a_wrong_dataset_folder_is_a_usage_error_of_every_cli(cli, tmp_path, capsys):
+    """Said at once, in one line naming the argument, before a model or Redis is touched; not a traceback."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(cli).main(["--data", str(tmp_path / "none")])  # refused before the other arguments
+    assert exited.value.code == 2 and f"argument --data: {tmp_path / 'none'}: not a directory" in capsys.readouterr().err
+
+
 def test_duplicate_titles_keep_item_ids():
     ds = load_dataset(REPO / "data" / "ml-latest-small")
     dups = ds.catalog.duplicate_titles

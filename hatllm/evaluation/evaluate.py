@@ -22,7 +22,7 @@ import torch
 
 from hatllm.core.catalog import ModelCatalog
 from hatllm.core.fusion import ItemPrior
-from hatllm.data import DEFAULT_MAX_HISTORY, leave_one_out, load_dataset
+from hatllm.data import DEFAULT_MAX_HISTORY, dataset_folder, leave_one_out, load_dataset
 from hatllm.evaluation.metrics import CUTOFFS, EVALUATION_BATCH, evaluate_rankers
 from hatllm.evaluation.popular import PopularRanker
 from hatllm.reference.modeling import load_model
@@ -111,7 +111,7 @@ def format_table(rows: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, type=dataset_folder)
     p.add_argument("--method", choices=["llm", "popular", "sasrec"], required=True)
     p.add_argument("--model", help="checkpoint folder (llm, sasrec)")
     p.add_argument("--split", choices=["test", "valid"], default="test")

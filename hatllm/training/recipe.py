@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from hatllm.data import dataset_folder
 from hatllm.training import sasrec, train, tune_fusion
 
 STUDENT_DEFAULTS = ["--size", "mini", "--lr", "2e-3", "--batch-size", "8", "--epochs", "10", "--patience", "4"]
@@ -31,7 +32,7 @@ STUDENT_DEFAULTS = ["--size", "mini", "--lr", "2e-3", "--batch-size", "8", "--ep
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, type=dataset_folder)
     p.add_argument("--out", required=True, help="the student checkpoint folder (the teacher goes to <out>/teacher)")
     p.add_argument("--minutes", type=float, default=45.0, help="budget for teacher and student together")
     p.add_argument("--teacher-minutes", type=float, default=15.0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hatllm.data import DEFAULT_MAX_HISTORY, Split, leave_one_out, load_dataset
+from hatllm.data import DEFAULT_MAX_HISTORY, Split, dataset_folder, leave_one_out, load_dataset
 from hatllm.evaluation.metrics import evaluate_ranker
 from hatllm.evaluation.plots import plot_validation
 from hatllm.sasrec import SASRec, SASRecRanker, left_pad
@@ -71,7 +71,7 @@ def train(split: Split, item_ids: list[str], seed: int, max_epochs: int = 400, p
 
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, type=dataset_folder)
     p.add_argument("--out", required=True)
     p.add_argument("--max-epochs", type=int, default=400)
     p.add_argument("--patience", type=int, default=10, help="epochs without a better validation NDCG@10 before stopping")

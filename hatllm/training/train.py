@@ -41,7 +41,7 @@ from hatllm.core.catalog import ModelCatalog
 from hatllm.core.item_codes import ItemCodes
 from hatllm.core.layers import parse_schedule
 from hatllm.core.prompt import DEFAULT_INSTRUCTION, PromptBuilder
-from hatllm.data import DEFAULT_MAX_HISTORY, Split, leave_one_out, load_dataset
+from hatllm.data import DEFAULT_MAX_HISTORY, Split, dataset_folder, leave_one_out, load_dataset
 from hatllm.evaluation.evaluate import LLMRanker
 from hatllm.evaluation.metrics import evaluate_ranker
 from hatllm.evaluation.plots import plot_validation
@@ -171,7 +171,7 @@ def build_model(args, titles: dict[str, str], item_ids: list[str]):
 
 def parse_args(argv: list[str] | None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="dataset folder (any supported format)")
+    p.add_argument("--data", required=True, type=dataset_folder, help="dataset folder (any supported format)")
     p.add_argument("--out", required=True, help="output folder for the HF checkpoint")
     p.add_argument("--schedule", default="hat", help="'hat', 'causal', 'hat:N_IN,N_CR' or 'IN,OR,...'")
     p.add_argument("--size", default="small", choices=sorted(MODEL_SIZES))

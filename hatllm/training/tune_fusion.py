@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from hatllm.core.catalog import ModelCatalog
-from hatllm.data import leave_one_out, load_dataset
+from hatllm.data import dataset_folder, leave_one_out, load_dataset
 from hatllm.evaluation.evaluate import LLMRanker
 from hatllm.evaluation.metrics import evaluate_rankers
 from hatllm.reference.modeling import load_model
@@ -27,7 +27,7 @@ from hatllm.sasrec import SASRecRanker, save_fusion
 
 def main(argv: list[str] | None = None) -> float:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, type=dataset_folder)
     p.add_argument("--model", required=True, help="LLM checkpoint folder (fusion.json is written here)")
     p.add_argument("--prior", required=True, help="SASRec checkpoint folder (recorded relative to the LLM's folder)")
     p.add_argument("--weights", default="0,0.25,0.5,1,1.5,2,3", help="comma-separated fusion weights to try")
