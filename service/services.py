@@ -39,7 +39,8 @@ class Services:
             config = AutoConfig.from_pretrained(settings.model_path)
         except OSError as exc:  # transformers' message for a missing folder is about hub repository names
             raise ValueError(f"no model at HATREC_MODEL_PATH={settings.model_path}: a folder with the config.json, "
-                             f"tokenizer and weights that training writes is expected ({exc})") from None
+                             "tokenizer and weights that training writes is expected (`python -m "
+                             f"hatllm.training.default_model --retrain` rebuilds the default one; {exc})") from None
         if settings.max_history is None:  # the history length the model was trained with
             settings = settings.model_copy(update={"max_history": getattr(config, "hat_max_history", None) or 20})
         if settings.max_in_flight is None:  # sized for this machine: the engine's steps are the bottleneck
