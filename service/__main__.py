@@ -84,8 +84,7 @@ def serve(settings: Settings) -> int:
             if loaded:
                 logging.info("loaded %s into Redis: %s", settings.dataset, loaded)
         app = create_app(settings)
-        server = Server(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                               timeout_graceful_shutdown=30))
+        server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=30))
         app.state.request_exit = lambda: setattr(server, "should_exit", True)
         try:
             server.run(sockets=[listener])
