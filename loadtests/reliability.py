@@ -316,9 +316,11 @@ def first_start(workdir: Path, first_request_bound_s: float | None = 1.0) -> dic
             second_s = time.monotonic()
             client.post("/recommend", json={"user_id": "2", "k": 10})
             second_s = time.monotonic() - second_s
+        says_where = f"serving on {url} " in (workdir / "service.log").read_text()
     figures = dict(ready_after_s=round(ready_after, 1), kernel_built_before_ready=built, first_status=first.status_code,
-                   first_request_s=round(first_s, 3), second_request_s=round(second_s, 3))
+                   first_request_s=round(first_s, 3), second_request_s=round(second_s, 3), says_where=says_where)
     check(built, "/readyz turned 200 before the kernel was built", figures)
+    check(says_where, "the log does not say where the service answers", figures)
     check(first.status_code == 200 and first.json()["strategy"] == "model", "the first recommendation failed", figures)
     if first_request_bound_s is not None:
         check(first_s <= first_request_bound_s, f"the first recommendation after ready took more than "

@@ -49,9 +49,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
 class Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started:  # uvicorn says where it listens only when it binds the socket itself
-            host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-            logging.info("serving on http://%s:%d (Ctrl-C stops it)", host, self.config.port)
+        if self.started and sockets:  # uvicorn says where it listens only when it binds the socket itself
+            host, port = sockets[0].getsockname()[:2]  # the port the system chose, for HATREC_PORT=0
+            logging.info("serving on http://%s:%d (Ctrl-C stops it)", f"[{host}]" if ":" in host else host, port)
 
 
 def serve(settings: Settings) -> int:

@@ -19,7 +19,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path):
 
 def test_first_start_builds_the_kernel_before_ready_and_answers_at_once(tmp_path):
     figures = reliability.first_start(tmp_path, first_request_bound_s=None)  # timing: the scenario, not CI
-    assert figures["kernel_built_before_ready"] and figures["first_status"] == 200
+    assert figures["kernel_built_before_ready"] and figures["first_status"] == 200 and figures["says_where"]
 
 
 def test_no_keys_on_a_network_address_refuses_to_start(tmp_path):
