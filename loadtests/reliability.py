@@ -3,6 +3,7 @@
     python -m loadtests.reliability first-start       # empty kernel cache: built before ready, first request fast
     python -m loadtests.reliability open-on-network   # no API keys on a network address: refuses to start
     python -m loadtests.reliability second-main-job   # its port, Redis port or Redis folder taken: exits 1, says which
+    python -m loadtests.reliability interrupted-start # Ctrl-C while the engine starts: exits 130, nothing left
     python -m loadtests.reliability security          # key scopes, the history probe, a huge title
     python -m loadtests.reliability exclude-seen      # a 50-event user: none of their items comes back
     python -m loadtests.reliability two-replicas      # two service processes on one Redis see each other's writes
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -440,6 +442,41 @@ def second_main_job(workdir: Path, bound_s: float = 60.0) -> dict:
     return figures
 
 
+def interrupted_start(workdir: Path, bound_s: float = 60.0) -> dict:
+    """Ctrl-C while the engine starts: the terminal signals the main job and the engine core alike. It exits
+    with 130 (it used to say 'did not start' and exit 1), and leaves no process behind."""
+    process = start_service(free_port(), str(workdir / "redis"), workdir / "service.log", {})
+    deadline = time.monotonic() + 120
+    started = {}
+    while not any(name.startswith("VLLM::EngineCor") for name in started.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        started = descendants(process.pid)
+    group = os.getpgid(process.pid)
+    for pid in [process.pid, *started]:  # as a terminal signals its foreground process group
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == group:
+                os.kill(pid, signal.SIGINT)
+    interrupted = time.monotonic()
+    try:
+        code = process.wait(timeout=bound_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = None
+    exited_after = time.monotonic() - interrupted
+    left, grace_ends = list(started), time.monotonic() + 5  # multiprocessing's tracker exits just after its parent
+    while left and time.monotonic() < grace_ends:
+        time.sleep(0.1)
+        left = [pid for pid in left if alive(pid)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    figures = dict(processes_started=sorted(started.values()), exit_code=code, exited_after_s=round(exited_after, 1),
+                   left_behind=len(left))
+    check(any(name.startswith("VLLM::EngineCor") for name in started.values()), "no engine core started", figures)
+    check(code == 128 + signal.SIGINT and not left, "an interrupted start did not end as Ctrl-C should", figures)
+    return figures
+
+
 def security(workdir: Path) -> dict:
     """Scoped keys: reads, writes and admin each need their scope; an allow-list with exclude_seen needs a
     trusted key; a huge title is refused and never blocks anyone's recommendations."""
@@ -581,7 +618,8 @@ def bad_input(workdir: Path, examples: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("scenario", choices=["first-start", "open-on-network", "second-main-job", "security", "exclude-seen", "two-replicas",
+    p.add_argument("scenario", choices=["first-start", "open-on-network", "second-main-job", "interrupted-start",
+                                        "security", "exclude-seen", "two-replicas",
                                         "redis-kill",
                                         "redis-outage", "overload", "engine-failure", "main-job-killed", "shutdown", "bad-input",
                                         "all"])
@@ -603,6 +641,7 @@ def main() -> int:
         "first-start": first_start,
         "open-on-network": open_on_network,
         "second-main-job": second_main_job,
+        "interrupted-start": interrupted_start,
         "security": security,
         "exclude-seen": exclude_seen,
         "two-replicas": two_replicas,

@@ -47,6 +47,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 class Server(uvicorn.Server):
+    stop_signal: int | None = None
+
+    def handle_exit(self, sig: int, frame) -> None:
+        self.stop_signal = sig  # remembered: a Ctrl-C while starting also stops the engine core, failing the start
+        super().handle_exit(sig, frame)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and sockets:  # uvicorn says where it listens only when it binds the socket itself
@@ -91,6 +97,9 @@ def serve(settings: Settings) -> int:
         except SystemExit as exc:  # uvicorn's code for a failed start is 3, which here means a dead engine
             if exc.code != STARTUP_FAILURE:
                 raise
+            if server.stop_signal is not None:
+                logging.info("stopped while starting")
+                return 128 + server.stop_signal
             logging.error("the service did not start (the error is above)")
             return NOT_STARTED_EXIT_CODE
     services = getattr(app.state, "services", None)

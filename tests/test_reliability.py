@@ -34,6 +34,11 @@ def test_a_second_main_job_exits_saying_what_is_taken(tmp_path):
     assert figures["keys_written_to_the_first_redis"] == 0
 
 
+def test_ctrl_c_while_starting_exits_as_ctrl_c_and_leaves_nothing(tmp_path):
+    figures = reliability.interrupted_start(tmp_path)
+    assert figures["exit_code"] == 130 and figures["left_behind"] == 0
+
+
 def test_replicas_share_nothing_but_redis(tmp_path):
     figures = reliability.two_replicas(tmp_path)
     assert figures["history_length_at_other_replica"] == 2
