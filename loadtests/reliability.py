@@ -10,7 +10,8 @@
     python -m loadtests.reliability redis-kill        # the main job's own redis-server killed: restarted by it
     python -m loadtests.reliability redis-outage      # Redis killed and restarted under load
     python -m loadtests.reliability overload          # <= 1% refused at the sustainable rate, 3x it: p99 held
-    python -m loadtests.reliability engine-failure    # the vLLM engine core process killed
+    python -m loadtests.reliability engine-failure    # the vLLM engine core killed under load (SIGKILL)
+    python -m loadtests.reliability engine-stopped    # the same, SIGTERM: it aborts the requests it holds
     python -m loadtests.reliability main-job-killed   # the service killed outright: no process left behind
     python -m loadtests.reliability shutdown          # SIGTERM with requests in flight
     python -m loadtests.reliability bad-input         # schema fuzzing at a larger budget + hand-made bad bodies
@@ -34,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -330,37 +332,55 @@ def first_start(workdir: Path, first_request_bound_s: float | None = 1.0) -> dic
     return figures
 
 
-def engine_failure(workdir: Path) -> dict:
-    """Kill the engine core: unready + 503 at once, then the service exits (code 3) for its supervisor."""
+def engine_failure(workdir: Path, stop_signal: int = signal.SIGKILL, users: int = 4) -> dict:
+    """The engine core killed (SIGKILL, a crash) or stopped (SIGTERM: it aborts the requests it holds) under
+    load: every recommendation answers 200 or 503, never 500; unready at once; then the service exits with
+    code 3 for its supervisor."""
     with running_service(workdir) as (url, process):
         engine_pids = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "EngineCore"], capture_output=True,
                                      text=True).stdout.split()
         check(bool(engine_pids), "no engine core process found")
+        answers: list[tuple[float, int]] = []  # (answered at, status) of every recommendation
+
+        def recommend_until_gone() -> None:
+            with httpx.Client(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
+                while process.poll() is None:
+                    try:
+                        status = client.post("/recommend", json={"user_id": "1"}).status_code
+                    except httpx.TransportError:
+                        return
+                    answers.append((time.monotonic(), status))
+
+        load = [threading.Thread(target=recommend_until_gone) for _ in range(users)]
+        for thread in load:
+            thread.start()
+        time.sleep(2)
+        killed_at = time.monotonic()
+        for pid in engine_pids:
+            os.kill(int(pid), stop_signal)
+        unready_after = None
         with httpx.Client(base_url=url, timeout=RECOMMEND_BOUND_S) as client:
-            check(client.post("/recommend", json={"user_id": "1"}).status_code == 200, "not serving before")
-            killed_at = time.monotonic()
-            for pid in engine_pids:
-                os.kill(int(pid), signal.SIGKILL)
-            statuses, ready_statuses = [], []
-            unready_after = None
-            while process.poll() is None and time.monotonic() - killed_at < 60:
+            while unready_after is None and process.poll() is None and time.monotonic() - killed_at < 60:
                 try:
-                    ready = client.get("/readyz").status_code
-                    ready_statuses.append(ready)
-                    if ready == 503 and unready_after is None:
+                    if client.get("/readyz").status_code == 503:
                         unready_after = time.monotonic() - killed_at
-                    statuses.append(client.post("/recommend", json={"user_id": "1"}).status_code)
                 except httpx.TransportError:
                     break
-                time.sleep(0.2)
+                time.sleep(0.05)
         exit_code = process.wait(timeout=60)
         exited_after = time.monotonic() - killed_at
-    figures = dict(unready_after_s=round(unready_after, 2) if unready_after else None,
-                   recommend_statuses_after_kill=sorted(set(statuses)), exit_code=exit_code,
-                   exited_after_s=round(exited_after, 1))
-    check(unready_after is not None and unready_after < 5, "/readyz did not turn unready")
-    check(set(statuses) <= {200, 503} and 503 in statuses, "recommendations did not get 503")
-    check(exit_code == 3, f"the service exited with {exit_code}, not 3 (figures: {figures})")
+        for thread in load:
+            thread.join()
+    before = [status for answered, status in answers if answered < killed_at]
+    after = Counter(status for answered, status in answers if answered >= killed_at)  # in flight at the kill too
+    figures = dict(signal=signal.Signals(stop_signal).name, answered_200_before=before.count(200),
+                   unready_after_s=round(unready_after, 2) if unready_after else None,
+                   statuses_from_the_kill=dict(after), statuses_before=dict(Counter(before)),
+                   exit_code=exit_code, exited_after_s=round(exited_after, 1))
+    check(before and set(before) == {200}, "not serving before", figures)
+    check(unready_after is not None and unready_after < 5, "/readyz did not turn unready", figures)
+    check(set(after) <= {200, 503} and 503 in after, "recommendations did not get 200 or 503", figures)
+    check(exit_code == 3, f"the service exited with {exit_code}, not 3", figures)
     return figures
 
 
@@ -621,7 +641,7 @@ def main() -> int:
     p.add_argument("scenario", choices=["first-start", "open-on-network", "second-main-job", "interrupted-start",
                                         "security", "exclude-seen", "two-replicas",
                                         "redis-kill",
-                                        "redis-outage", "overload", "engine-failure", "main-job-killed", "shutdown", "bad-input",
+                                        "redis-outage", "overload", "engine-failure", "engine-stopped", "main-job-killed", "shutdown", "bad-input",
                                         "all"])
     p.add_argument("--sustainable-rps", type=float, default=10.0,
                    help="recommendations/s the service holds; 3x this is offered (docs/operations.md)")
@@ -650,6 +670,7 @@ def main() -> int:
         "overload": lambda d: overload(d, args.sustainable_rps, args.max_in_flight, args.admission_tolerance,
                                       args.admission_slack_ms, args.engine_cpu_bind, args.max_shed),
         "engine-failure": engine_failure,
+        "engine-stopped": lambda d: engine_failure(d, signal.SIGTERM),
         "main-job-killed": main_job_killed,
         "shutdown": shutdown,
         "bad-input": lambda d: bad_input(d, args.fuzz_examples),

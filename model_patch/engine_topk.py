@@ -115,6 +115,10 @@ def output_batches(engine: AsyncLLM) -> Iterator[list[int]]:
         del processor.process_outputs
 
 
+class RequestAborted(RuntimeError):
+    """The engine ended a request of a search without scoring it: its core stopping, or an abort."""
+
+
 class EngineTopK:
     """Runs constrained beam searches on an `AsyncLLM`; safe to call from many tasks at once."""
 
@@ -161,7 +165,11 @@ class EngineTopK:
 
     async def _score(self, prompt: TokensInput, params: SamplingParams) -> dict[int, float]:
         final = None
-        async for output in self.engine.generate(prompt, params, f"topk-{next(self._ids)}"):
+        request_id = f"topk-{next(self._ids)}"
+        async for output in self.engine.generate(prompt, params, request_id):
             final = output
+        if final is None or not final.outputs[0].logprobs:  # an engine core that stops aborts what it holds
+            reason = final.outputs[0].finish_reason if final is not None else "no output"
+            raise RequestAborted(f"the engine ended {request_id} without scoring it ({reason})")
         # With fewer allowed tokens than `logprobs`, the top list also holds masked tokens (-inf): drop them.
         return {tok: lp.logprob for tok, lp in final.outputs[0].logprobs[0].items() if lp.logprob > -np.inf}

@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from hatllm.core.fusion import ItemPrior
 from hatllm.core.item_codes import ItemCodes
 from hatllm.core.search import SearchResult
 from hatllm.core.trie import TrieView
-from model_patch.engine_topk import EngineTopK, default_kv_tails, engine_args, start_engine
+from model_patch.engine_topk import EngineTopK, RequestAborted, default_kv_tails, engine_args, start_engine
 
 from .settings import Settings
 
@@ -26,6 +27,10 @@ def cpu_bind(setting: str) -> str:
         return setting
     cpus = sorted(os.sched_getaffinity(0))
     return f"{cpus[0]}-{cpus[-1]}" if cpus == list(range(cpus[0], cpus[-1] + 1)) else "auto"
+
+
+class EngineFailed(RuntimeError):
+    """A search the engine could not answer: its core died or is stopping."""
 
 
 class Engine:
@@ -56,7 +61,10 @@ class Engine:
                      prior: ItemPrior | None) -> SearchResult:
         if self.topk is None:
             raise RuntimeError("the engine is not started")
-        return await self.topk.search(prompt, view, num_items, beam_width, prior)
+        try:
+            return await self.topk.search(prompt, view, num_items, beam_width, prior)
+        except (EngineDeadError, RequestAborted) as exc:
+            raise EngineFailed(str(exc)) from exc
 
     @property
     def started(self) -> bool:

@@ -19,7 +19,7 @@ from hatllm.sasrec import SASRecRanker
 from . import metrics
 from .admission import AdmissionLimit
 from .catalog import CatalogCache, CatalogSnapshot
-from .engine import Engine
+from .engine import Engine, EngineFailed
 from .errors import ServiceError, catalog_unavailable, unknown_items
 from .schemas import RecommendedItem, RecommendRequest, RecommendResponse
 from .settings import Settings
@@ -128,7 +128,7 @@ class Recommender:
             raise ServiceError(503, "timeout", f"no answer within {self.settings.request_timeout_s} s",
                                retry_after=self.settings.retry_after_s) from None
         except Exception as exc:
-            if not self.engine.ready:
+            if isinstance(exc, EngineFailed) or not self.engine.ready:  # an engine stopping may abort, then die
                 raise ServiceError(503, "engine_unavailable", "the model engine failed",
                                    retry_after=self.settings.retry_after_s) from exc
             raise

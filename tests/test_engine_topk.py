@@ -124,6 +124,25 @@ def test_a_round_missing_a_request_is_released(engine_search, builder):
     assert [len(output.outputs[0].token_ids) for output in outputs] == [1, 1, 1]
 
 
+def test_a_search_whose_requests_the_engine_aborts_says_so(engine_search, builder, trie):
+    """An engine core that stops aborts the requests it holds: their final outputs carry no scores. The search
+    fails with RequestAborted (the service answers 503), not with an IndexError (it answered 500)."""
+    from model_patch.engine_topk import RequestAborted
+
+    run, topk = engine_search
+
+    async def aborted_search():
+        search = asyncio.ensure_future(topk.search(builder.prompt([TITLES["1"]]), trie.view(), 3))
+        in_flight = topk.engine.output_processor.request_states
+        while not in_flight:
+            await asyncio.sleep(0)
+        await topk.engine.abort(list(in_flight), internal=True)
+        return await search
+
+    with pytest.raises(RequestAborted, match=r"without scoring it \(abort\)"):
+        run(aborted_search())
+
+
 def test_short_list_says_so_and_duplicates_resolved(engine_search, builder, trie):
     run, topk = engine_search
     result = run(topk.search(builder.prompt([TITLES["1"]]), trie.view(allow=["4", "5", "8"]), 10))

@@ -3,12 +3,18 @@
 The slower ones (Redis outage under load, 3x overload, fuzzing at a large budget) run from the script;
 their figures are in docs/operations.md."""
 
+import signal
+
+import pytest
+
 from loadtests import reliability
 
 
-def test_engine_death_makes_the_service_unready_then_exit(tmp_path):
-    figures = reliability.engine_failure(tmp_path)
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM])
+def test_engine_death_makes_the_service_unready_then_exit(tmp_path, stop_signal):
+    figures = reliability.engine_failure(tmp_path, stop_signal)
     assert figures["exit_code"] == 3 and figures["unready_after_s"] < 5
+    assert set(figures["statuses_from_the_kill"]) <= {200, 503}  # a search the stopping engine aborted was a 500
 
 
 def test_sigterm_lets_in_flight_requests_finish(tmp_path):

@@ -346,6 +346,27 @@ def test_every_setting_and_metric_is_documented():
     assert names and [name for name in names if f"`{name}" not in readme] == []  # a counter's name has no _total
 
 
+def test_a_search_the_engine_ended_is_503_not_500():
+    """An engine core that stops aborts the searches it holds while the engine still reads as ready."""
+    import asyncio
+
+    from service.engine import EngineFailed
+    from service.errors import ServiceError
+    from service.recommender import Recommender
+
+    class StoppingEngine:  # the seam of service.engine.Engine, as it is when its core aborts what it holds
+        ready = True
+
+        async def search(self, *args):
+            raise EngineFailed("the engine ended topk-0 without scoring it (abort)")
+
+    recommender = Recommender(Settings(redis_url="redis://127.0.0.1:1/0", max_in_flight=4), None, None,
+                              StoppingEngine())
+    with pytest.raises(ServiceError) as refused:
+        asyncio.run(recommender._decode([1, 2], None, 3, None))
+    assert (refused.value.status, refused.value.code) == (503, "engine_unavailable")
+
+
 def test_an_unhandled_error_answers_and_logs_with_the_request_id():
     """The 500 answer is sent outside every middleware: it still names the request, as its log line does."""
     from fastapi.testclient import TestClient
