@@ -334,8 +334,8 @@ def first_start(workdir: Path, first_request_bound_s: float | None = 1.0) -> dic
 
 def engine_failure(workdir: Path, stop_signal: int = signal.SIGKILL, users: int = 4) -> dict:
     """The engine core killed (SIGKILL, a crash) or stopped (SIGTERM: it aborts the requests it holds) under
-    load: every recommendation answers 200 or 503, never 500; unready at once; then the service exits with
-    code 3 for its supervisor."""
+    load: every recommendation answers 200, 503, or 429 (admission sheds the load that waits on a dying engine),
+    never 500; unready at once; then the service exits with code 3 for its supervisor."""
     with running_service(workdir) as (url, process):
         engine_pids = subprocess.run(["pgrep", "-P", str(process.pid), "-f", "EngineCore"], capture_output=True,
                                      text=True).stdout.split()
@@ -379,7 +379,7 @@ def engine_failure(workdir: Path, stop_signal: int = signal.SIGKILL, users: int 
                    exit_code=exit_code, exited_after_s=round(exited_after, 1))
     check(before and set(before) == {200}, "not serving before", figures)
     check(unready_after is not None and unready_after < 5, "/readyz did not turn unready", figures)
-    check(set(after) <= {200, 503} and 503 in after, "recommendations did not get 200 or 503", figures)
+    check(set(after) <= {200, 429, 503} and 503 in after, "recommendations did not get 200, 429 or 503", figures)
     check(exit_code == 3, f"the service exited with {exit_code}, not 3", figures)
     return figures
 
