@@ -88,6 +88,19 @@ def alive(pid: int) -> bool:
         return False
 
 
+def outliving(processes: dict[int, str], bound_s: float) -> dict[int, str]:
+    """Those of `processes` still running `bound_s` from now, then SIGKILLed: nothing is left behind,
+    whatever the verdict."""
+    left, ends = dict(processes), time.monotonic() + bound_s
+    while left and time.monotonic() < ends:
+        time.sleep(0.1)
+        left = {pid: name for pid, name in left.items() if alive(pid)}
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
 def rss_mib(pid: int) -> float:
     """Resident memory of a process and all its descendants (gateway, engine core, redis-server)."""
     total = 0.0
@@ -396,13 +409,8 @@ def main_job_killed(workdir: Path, bound_s: float = 10.0) -> dict:
         process.kill()
         process.wait()
         killed_at = time.monotonic()
-        left = dict(started)
-        while left and time.monotonic() - killed_at < bound_s:
-            time.sleep(0.1)
-            left = {pid: name for pid, name in left.items() if alive(pid)}
+        left = outliving(started, bound_s)
         gone_after = time.monotonic() - killed_at
-        for pid in left:  # leave nothing behind, whatever the verdict
-            os.kill(pid, signal.SIGKILL)
     figures = dict(processes_started=sorted(started.values()), left_after_bound=sorted(left.values()),
                    all_gone_after_s=round(gone_after, 2) if not left else None)
     check(any(name.startswith("VLLM::EngineCor") for name in started.values())  # ps cuts names at 15 characters
@@ -483,13 +491,7 @@ def interrupted_start(workdir: Path, bound_s: float = 60.0) -> dict:
         process.kill()
         code = None
     exited_after = time.monotonic() - interrupted
-    left, grace_ends = list(started), time.monotonic() + 5  # multiprocessing's tracker exits just after its parent
-    while left and time.monotonic() < grace_ends:
-        time.sleep(0.1)
-        left = [pid for pid in left if alive(pid)]
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    left = outliving(started, 5)  # multiprocessing's tracker exits just after its parent
     figures = dict(processes_started=sorted(started.values()), exit_code=code, exited_after_s=round(exited_after, 1),
                    left_behind=len(left))
     check(any(name.startswith("VLLM::EngineCor") for name in started.values()), "no engine core started", figures)

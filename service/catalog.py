@@ -26,7 +26,6 @@ from hatllm.core.prompt import PromptBuilder
 from hatllm.core.trie import PatchedTrie, TitleTrie
 
 from . import metrics
-from .background import every
 from .store import STORE_ERRORS, Store
 
 log = logging.getLogger(__name__)
@@ -139,11 +138,8 @@ class CatalogCache:
         if self._rebuild is not None:
             self._rebuild.cancel()
 
-    async def watch(self, interval_s: float, stopping: asyncio.Event) -> None:
-        """Follow catalog changes made elsewhere until `stopping` is set; Redis outages only delay it."""
-        await every(interval_s, self._refresh_or_warn, stopping)
-
-    async def _refresh_or_warn(self) -> None:
+    async def poll(self) -> None:
+        """One round of the catalog watcher: follow changes made elsewhere; a Redis outage only delays it."""
         try:
             await self.refresh()
         except STORE_ERRORS as exc:

@@ -79,7 +79,7 @@ class Services:
             await self.prepare()
         except Exception as exc:  # not ready until Redis answers and the warm-up went through; the watcher retries
             log.warning("not ready at start: %s: %s", type(exc).__name__, exc)
-        self._watchers = [asyncio.create_task(self.catalog.watch(self.settings.catalog_poll_s, self._stopping)),
+        self._watchers = [asyncio.create_task(every(self.settings.catalog_poll_s, self.catalog.poll, self._stopping)),
                           asyncio.create_task(every(self.settings.catalog_poll_s, self.check_health, self._stopping)),
                           asyncio.create_task(metrics.watch_event_loop())]
 
