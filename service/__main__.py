@@ -1,6 +1,6 @@
 """The main job: everything on this machine with the embedded defaults.
 
-    python -m service
+    python -m service [--port 8001 ...]     # --help lists every setting
 
 Starts redis-server unless REDIS_URL is set, loads the default dataset if Redis holds no catalog,
 serves the default model on http://127.0.0.1:8000 (OpenAPI docs at /docs). Ctrl-C (or SIGTERM) stops
@@ -18,6 +18,7 @@ import sys
 from contextlib import ExitStack
 
 import uvicorn
+from pydantic import AliasChoices, ValidationError
 from uvicorn.config import STARTUP_FAILURE
 
 from hatllm.data import DataError
@@ -106,13 +107,43 @@ def serve(settings: Settings) -> int:
     return ENGINE_FAILED_EXIT_CODE if services is not None and services.engine_failed else 0
 
 
+def command_line_settings(args: list[str]) -> Settings:
+    """Settings from the command line (`--port 8001`, `--no-fusion`), over HATREC_* variables and `.env`,
+    over the defaults: pydantic-settings' own parser, so `--help` lists every setting with its description
+    and an unknown option is a usage error (exit 2)."""
+    return Settings(_cli_parse_args=args, _cli_prog_name="python -m service", _cli_kebab_case=True,
+                    _cli_implicit_flags=True)
+
+
+def setting_names(field: str) -> str:
+    """How a user sets a field: its option and its environment variable."""
+    alias = Settings.model_fields[field].validation_alias
+    variable = alias.choices[0] if isinstance(alias, AliasChoices) else f"HATREC_{field.upper()}"
+    return f"--{field.replace('_', '-')} or {variable}"
+
+
+def log_refused_settings(error: ValidationError) -> None:
+    """One line per refused value, naming the setting as the user wrote it (values are not echoed: some are
+    secrets)."""
+    for problem in error.errors():
+        field, *inside = problem["loc"] or ("",)
+        name = f"setting {setting_names(field)}" if field in Settings.model_fields else "settings"
+        where = f" at {'.'.join(map(str, inside))}" if inside else ""
+        logging.error("bad %s%s: %s", name, where, problem["msg"])
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[log_handler()])
+    try:
+        settings = command_line_settings(sys.argv[1:])
+    except ValidationError as exc:
+        log_refused_settings(exc)
+        sys.exit(NOT_STARTED_EXIT_CODE)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: turn it into an
     # exception so that the embedded Redis is stopped too, and exit with the conventional 128 + signal.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
-        code = serve(Settings())
+        code = serve(settings)
     except KeyboardInterrupt:
         code = 128 + signal.SIGINT
     sys.exit(code)

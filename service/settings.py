@@ -20,6 +20,8 @@ IN_FLIGHT_PER_CORE = 3
 
 
 class Settings(BaseSettings):
+    """Each setting: an option, an environment variable HATREC_<SETTING> (REDIS_URL) or `.env`; options win."""
+
     model_config = SettingsConfigDict(env_prefix="HATREC_", env_file=".env", extra="ignore", protected_namespaces=())
 
     # Where things are

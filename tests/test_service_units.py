@@ -84,6 +84,40 @@ def test_main_job_that_cannot_start_says_why_and_exits_1(tmp_path, caplog):
                                                                       "cannot load HATREC_DATASET"]
 
 
+def test_main_job_options_override_the_environment(monkeypatch, capsys):
+    from service.__main__ import command_line_settings
+
+    monkeypatch.setenv("HATREC_PORT", "8005")
+    monkeypatch.setenv("HATREC_MAX_K", "7")
+    settings = command_line_settings(["--port", "9001", "--no-fusion", "--dataset", "null"])
+    assert (settings.port, settings.max_k, settings.fusion, settings.dataset) == (9001, 7, False, None)
+    for args, code in (["--help"], 0), (["--bogus"], 2):
+        with pytest.raises(SystemExit) as exited:
+            command_line_settings(args)
+        assert exited.value.code == code
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("usage: python -m service") and "--max-in-flight" in help_text
+    assert "HATREC_<SETTING>" in help_text
+
+
+def test_main_job_with_refused_settings_names_them_and_exits_1(monkeypatch, caplog):
+    from service import __main__ as main_job
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setattr("sys.argv", ["service", "--port", "http", "--max-k", "0", "--api-keys",
+                                     '[{"name": "x", "key": "the-secret", "scopes": ["everything"]}]'])
+    caplog.set_level(logging.ERROR)
+    with pytest.raises(SystemExit) as exited:
+        main_job.main()
+    assert exited.value.code == main_job.NOT_STARTED_EXIT_CODE
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(":")[0] for line in lines] == [
+        "bad setting --port or HATREC_PORT", "bad setting --max-k or HATREC_MAX_K",
+        "bad setting --api-keys or HATREC_API_KEYS at 0.scopes.0"]
+    assert not any("the-secret" in line for line in lines)
+    assert main_job.setting_names("redis_url") == "--redis-url or REDIS_URL"
+
+
 def test_embedded_redis_is_restarted_after_a_crash(tmp_path):
     import signal
     import time
