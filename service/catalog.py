@@ -79,7 +79,7 @@ class CatalogCache:
         self._lock = asyncio.Lock()
         self._rebuild: asyncio.Task | None = None
 
-    async def refresh(self) -> CatalogSnapshot | None:
+    async def refresh(self) -> CatalogSnapshot:
         """Catch up with the catalog in Redis if its version changed."""
         async with self._lock:
             current = self.current
