@@ -3,7 +3,7 @@
     python -m loadtests.reliability first-start       # empty kernel cache: built before ready, first request fast
     python -m loadtests.reliability open-on-network   # no API keys on a network address: refuses to start
     python -m loadtests.reliability second-main-job   # its port, Redis port or Redis folder taken: exits 1, says which
-    python -m loadtests.reliability interrupted-start # Ctrl-C while the engine starts: exits 130, nothing left
+    python -m loadtests.reliability interrupted-start # Ctrl-C while starting: exits 130 at once, nothing left
     python -m loadtests.reliability security          # key scopes, the history probe, a huge title
     python -m loadtests.reliability exclude-seen      # a 50-event user: none of their items comes back
     python -m loadtests.reliability two-replicas      # two service processes on one Redis see each other's writes
@@ -471,31 +471,43 @@ def second_main_job(workdir: Path, bound_s: float = 60.0) -> dict:
 
 
 def interrupted_start(workdir: Path, bound_s: float = 60.0) -> dict:
-    """Ctrl-C while the engine starts: the terminal signals the main job and the engine core alike. It exits
-    with 130 (it used to say 'did not start' and exit 1), and leaves no process behind."""
-    process = start_service(free_port(), str(workdir / "redis"), workdir / "service.log", {})
-    deadline = time.monotonic() + 120
-    started = {}
-    while not any(name.startswith("VLLM::EngineCor") for name in started.values()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        started = descendants(process.pid)
-    group = os.getpgid(process.pid)
-    for pid in [process.pid, *started]:  # as a terminal signals its foreground process group
-        with contextlib.suppress(ProcessLookupError):
-            if os.getpgid(pid) == group:
-                os.kill(pid, signal.SIGINT)
-    interrupted = time.monotonic()
-    try:
-        code = process.wait(timeout=bound_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        code = None
-    exited_after = time.monotonic() - interrupted
-    left = outliving(started, 5)  # multiprocessing's tracker exits just after its parent
-    figures = dict(processes_started=sorted(started.values()), exit_code=code, exited_after_s=round(exited_after, 1),
-                   left_behind=len(left))
-    check(any(name.startswith("VLLM::EngineCor") for name in started.values()), "no engine core started", figures)
-    check(code == 128 + signal.SIGINT and not left, "an interrupted start did not end as Ctrl-C should", figures)
+    """Ctrl-C while starting: the terminal signals the main job and the engine core alike. Once when the engine
+    core has just started, once during the warm-up recommendations. Each time it exits with 130 (it used to say
+    'did not start' and exit 1), leaves no process behind, and gives a warm-up up rather than waiting it out
+    (vLLM may not fail a request its stopping engine core held until the request's timeout)."""
+    figures = {}
+    for moment in ("engine_started", "warming_up"):
+        log = workdir / f"{moment}.log"
+        process = start_service(free_port(), str(workdir / moment), log, {})
+        deadline = time.monotonic() + 120
+        started = {}
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+            started = descendants(process.pid)
+            engine_up = any(name.startswith("VLLM::EngineCor") for name in started.values())
+            if engine_up and (moment == "engine_started" or "warming up" in log.read_text()):
+                break
+        group = os.getpgid(process.pid)
+        for pid in [process.pid, *started]:  # as a terminal signals its foreground process group
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(pid) == group:
+                    os.kill(pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        try:
+            code = process.wait(timeout=bound_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = None
+        exited_after = time.monotonic() - interrupted
+        left = outliving(started, 5)  # multiprocessing's tracker exits just after its parent
+        text = log.read_text()
+        figures[moment] = dict(processes_started=sorted(started.values()), exit_code=code,
+                               exited_after_s=round(exited_after, 1), left_behind=len(left),
+                               warm_up_given_up="the warm-up is given up" in text,
+                               warm_up_finished="warm-up recommendations through the engine:" in text)
+        check(any(name.startswith("VLLM::EngineCor") for name in started.values()), "no engine core started", figures)
+        check(code == 128 + signal.SIGINT and not left, "an interrupted start did not end as Ctrl-C should", figures)
+    check(figures["warming_up"]["warm_up_given_up"], "a warm-up under way was waited out, not given up", figures)
     return figures
 
 

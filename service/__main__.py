@@ -53,10 +53,13 @@ class Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame) -> None:
         self.stop_signal = sig  # remembered: a Ctrl-C while starting also stops the engine core, failing the start
         super().handle_exit(sig, frame)
+        services = getattr(self.config.app.state, "services", None)
+        if not self.started and services is not None:
+            services.interrupt()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and sockets:  # uvicorn says where it listens only when it binds the socket itself
+        if self.started and sockets and not self.should_exit:  # uvicorn says where it listens only when it binds the socket itself
             host, port = sockets[0].getsockname()[:2]  # the port the system chose, for HATREC_PORT=0
             logging.info("serving on http://%s:%d (Ctrl-C stops it)", f"[{host}]" if ":" in host else host, port)
 

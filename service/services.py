@@ -75,13 +75,27 @@ class Services:
 
     async def start(self) -> None:
         self.engine.start()
-        try:
-            await self.prepare()
-        except Exception as exc:  # not ready until Redis answers and the warm-up went through; the watcher retries
-            log.warning("not ready at start: %s: %s", type(exc).__name__, exc)
+        preparing = asyncio.create_task(self.prepare())
+        interrupted = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait([preparing, interrupted], return_when=asyncio.FIRST_COMPLETED)
+        interrupted.cancel()
+        if not preparing.done():
+            log.info("stopping while starting: the warm-up is given up")
+            preparing.cancel()
+            self._watchers = [preparing]  # stop() waits for it, boundedly, before the engine goes
+            return
+        if (exc := preparing.exception()) is not None:  # not ready until Redis answers and the warm-up went
+            log.warning("not ready at start: %s: %s", type(exc).__name__, exc)  # through; the watcher retries
         self._watchers = [asyncio.create_task(every(self.settings.catalog_poll_s, self.catalog.poll, self._stopping)),
                           asyncio.create_task(every(self.settings.catalog_poll_s, self.check_health, self._stopping)),
                           asyncio.create_task(metrics.watch_event_loop())]
+
+    def interrupt(self) -> None:
+        """A stop signal while starting: give up the warm-up instead of waiting it out (Ctrl-C also stops the
+        engine core, and vLLM may not fail the request it held before the request's timeout). Called from a
+        signal handler, which runs in the loop's thread between two of its steps, maybe inside the engine's
+        blocking start: the event is set through the loop's wake-up pipe, so a waiting loop sees it at once."""
+        asyncio.get_running_loop().call_soon_threadsafe(self._stopping.set)
 
     async def prepare(self) -> None:
         """Keys of the older layout renamed (once), the catalog loaded, the engine warmed up."""
@@ -100,6 +114,7 @@ class Services:
         if self.warmed_up or snapshot is None or not snapshot.titles:
             return
         started = time.perf_counter()
+        log.info("warming up: recommendations through the engine")
         n = self.settings.max_history
         calibration = MIN_BASELINE_SAMPLES if self.settings.admission_tolerance else 0
         popular = list(islice(snapshot.most_popular(), n + calibration))

@@ -42,7 +42,9 @@ def test_a_second_main_job_exits_saying_what_is_taken(tmp_path):
 
 def test_ctrl_c_while_starting_exits_as_ctrl_c_and_leaves_nothing(tmp_path):
     figures = reliability.interrupted_start(tmp_path)
-    assert figures["exit_code"] == 130 and figures["left_behind"] == 0
+    assert all(figures[moment]["exit_code"] == 130 and figures[moment]["left_behind"] == 0
+               for moment in ("engine_started", "warming_up"))
+    assert figures["warming_up"]["warm_up_given_up"] and not figures["warming_up"]["warm_up_finished"]
 
 
 def test_replicas_share_nothing_but_redis(tmp_path):
