@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -704,8 +705,11 @@ def main() -> int:
             print(name, json.dumps(results[name]), flush=True)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(dict(command="python -m loadtests.reliability " + " ".join(sys.argv[1:]),
-                                                  results=results), indent=1))
+        settings = {name: value for name, value in os.environ.items()  # the services' settings, secrets left out
+                    if name.startswith("HATREC_") and "KEY" not in name and "PASSWORD" not in name}
+        command = " ".join([*(f"{name}={shlex.quote(value)}" for name, value in sorted(settings.items())),
+                            "python -m loadtests.reliability", *sys.argv[1:]])
+        Path(args.out).write_text(json.dumps(dict(command=command, results=results), indent=1))
     return 1 if failed else 0
 
 

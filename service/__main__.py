@@ -59,7 +59,8 @@ class Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started and sockets and not self.should_exit:  # uvicorn says where it listens only when it binds the socket itself
+        # uvicorn says where it listens only when it binds the socket itself; a stop while starting serves nothing
+        if self.started and sockets and not self.should_exit:
             host, port = sockets[0].getsockname()[:2]  # the port the system chose, for HATREC_PORT=0
             logging.info("serving on http://%s:%d (Ctrl-C stops it)", f"[{host}]" if ":" in host else host, port)
 
