@@ -23,7 +23,6 @@ from uvicorn.config import STARTUP_FAILURE
 
 from hatllm.data import DataError
 
-from .api import create_app
 from .loader import load
 from .redis_server import EmbeddedRedis
 from .request_ids import log_handler
@@ -70,8 +69,8 @@ def serve(settings: Settings) -> int:
     try:
         listener = listening_socket(settings.host, settings.port)
     except OSError as exc:
-        logging.error("cannot listen on %s:%d: %s (HATREC_HOST, HATREC_PORT)", settings.host, settings.port,
-                      exc.strerror)
+        logging.error("cannot listen on %s:%d: %s (%s; %s)", settings.host, settings.port, exc.strerror,
+                      setting_names("host"), setting_names("port"))
         return NOT_STARTED_EXIT_CODE
     with listener, ExitStack() as stack:
         if settings.redis_url is None:
@@ -94,6 +93,10 @@ def serve(settings: Settings) -> int:
                 return NOT_STARTED_EXIT_CODE
             if loaded:
                 logging.info("loaded %s into Redis: %s", settings.dataset, loaded)
+        # Imported only now: the app brings vLLM and torch (about 10 s of imports), and a start that cannot
+        # happen (bad settings, a port or folder taken, no dataset) says so before that.
+        from .api import create_app
+
         app = create_app(settings)
         server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=30))
         app.state.request_exit = lambda: setattr(server, "should_exit", True)
