@@ -23,6 +23,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from hatllm.data import DataError
 
+from .api_keys import key_ring
 from .loader import load
 from .redis_server import EmbeddedRedis
 from .request_ids import log_handler
@@ -66,6 +67,14 @@ class Server(uvicorn.Server):
 
 def serve(settings: Settings) -> int:
     """Run everything until stopped; the exit code: 0; 1 when it did not start; 3 when the engine died."""
+    try:  # the service checks the keys again; here it is before anything starts or binds
+        key_ring(settings.api_keys, settings.api_keys_file, settings.api_key, settings.host)
+    except OSError as exc:
+        logging.error("cannot read HATREC_API_KEYS_FILE: %s", exc)
+        return NOT_STARTED_EXIT_CODE
+    except ValueError as exc:
+        logging.error("%s", exc)
+        return NOT_STARTED_EXIT_CODE
     try:
         listener = listening_socket(settings.host, settings.port)
     except OSError as exc:

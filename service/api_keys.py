@@ -57,6 +57,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def key_ring(keys: list[ApiKey], keys_file: Path | None, single_key: SecretStr | None, host: str) -> KeyRing:
+    """The configured keys. With none at all every route is open, which only a service listening on a loopback
+    address may be."""
+    ring = KeyRing(configured_keys(keys, keys_file, single_key))
+    if ring.open and not is_loopback(host):
+        raise ValueError(f"no API keys, and HATREC_HOST={host} is not a loopback address: every route would be open "
+                         "to the network. Set HATREC_API_KEYS or HATREC_API_KEYS_FILE (python -m service.api_keys "
+                         "generates keys), or listen on 127.0.0.1")
+    return ring
+
+
 class KeyRing:
     """Which scopes a presented key has."""
 

@@ -19,7 +19,7 @@ from hatllm.sasrec import load_fusion
 
 from . import metrics
 from .admission import MIN_BASELINE_SAMPLES
-from .api_keys import KeyRing, configured_keys, is_loopback
+from .api_keys import key_ring
 from .background import every
 from .catalog import CatalogCache
 from .engine import Engine
@@ -46,12 +46,8 @@ class Services:
         if settings.max_in_flight is None:  # sized for this machine: the engine's steps are the bottleneck
             settings = settings.model_copy(update={"max_in_flight": IN_FLIGHT_PER_CORE * len(os.sched_getaffinity(0))})
         self.settings = settings
-        self.keys = KeyRing(configured_keys(settings.api_keys, settings.api_keys_file, settings.api_key))
+        self.keys = key_ring(settings.api_keys, settings.api_keys_file, settings.api_key, settings.host)
         if self.keys.open:
-            if not is_loopback(settings.host):
-                raise ValueError(f"no API keys, and HATREC_HOST={settings.host} is not a loopback address: every route "
-                                 "would be open to the network. Set HATREC_API_KEYS or HATREC_API_KEYS_FILE (python -m "
-                                 "service.api_keys generates keys), or listen on 127.0.0.1")
             log.warning("no API keys: every route is open (allowed: the service listens on %s only)", settings.host)
         # How to stop the server when the engine dies: the runner's hook (python -m service exits with
         # code 3), else SIGTERM to this process (uvicorn shuts down gracefully, then dies by the signal).

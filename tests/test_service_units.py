@@ -66,7 +66,8 @@ def test_a_missing_model_is_named_as_the_setting(tmp_path):
 
 
 def test_main_job_that_cannot_start_says_why_and_exits_1(tmp_path, caplog):
-    """Before an engine starts: the HTTP port taken, or a dataset that is not there (with an empty Redis)."""
+    """Before an engine starts: the HTTP port taken, a dataset that is not there (with an empty Redis), no API keys
+    on a network address, a keys file that cannot be read."""
     import socket
 
     from loadtests.local_service import free_port
@@ -80,8 +81,11 @@ def test_main_job_that_cannot_start_says_why_and_exits_1(tmp_path, caplog):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         assert serve(settings(port=taken.getsockname()[1])) == NOT_STARTED_EXIT_CODE
     assert serve(settings(dataset=str(tmp_path / "none"))) == NOT_STARTED_EXIT_CODE
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["cannot listen on 127.0.0.1",
-                                                                      "cannot load HATREC_DATASET"]
+    assert serve(settings(host="0.0.0.0")) == NOT_STARTED_EXIT_CODE
+    assert serve(settings(host="0.0.0.0", api_keys_file=tmp_path / "keys.json")) == NOT_STARTED_EXIT_CODE
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "cannot listen on 127.0.0.1", "cannot load HATREC_DATASET",
+        "no API keys, and HATREC_HOST=0.0.0.0 is not a loopback address", "cannot read HATREC_API_KEYS_FILE"]
 
 
 def test_main_job_options_override_the_environment(monkeypatch, capsys):
