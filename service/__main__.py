@@ -72,6 +72,9 @@ def serve(settings: Settings) -> int:
     except OSError as exc:
         logging.error("cannot read HATREC_API_KEYS_FILE: %s", exc)
         return NOT_STARTED_EXIT_CODE
+    except ValidationError as exc:  # the keys file's (the variables were validated with the settings)
+        log_refused(exc, "HATREC_API_KEYS_FILE")
+        return NOT_STARTED_EXIT_CODE
     except ValueError as exc:
         logging.error("%s", exc)
         return NOT_STARTED_EXIT_CODE
@@ -138,12 +141,17 @@ def setting_names(field: str) -> str:
     return f"--{field.replace('_', '-')} or {variable}"
 
 
-def log_refused_settings(error: ValidationError) -> None:
-    """One line per refused value, naming the setting as the user wrote it (values are not echoed: some are
-    secrets)."""
+def log_refused(error: ValidationError, source: str | None = None) -> None:
+    """One line per refused value, naming where it came from: `source` (a file of values), else the setting as
+    the user wrote it. Values are not echoed (pydantic's own message does): some are secrets."""
     for problem in error.errors():
-        field, *inside = problem["loc"] or ("",)
-        name = f"setting {setting_names(field)}" if field in Settings.model_fields else "settings"
+        loc = problem["loc"]
+        if source is not None:
+            name, inside = source, loc
+        elif loc and loc[0] in Settings.model_fields:
+            name, inside = f"setting {setting_names(loc[0])}", loc[1:]
+        else:
+            name, inside = "settings", loc[1:]
         where = f" at {'.'.join(map(str, inside))}" if inside else ""
         logging.error("bad %s%s: %s", name, where, problem["msg"])
 
@@ -153,7 +161,7 @@ def main() -> None:
     try:
         settings = command_line_settings(sys.argv[1:])
     except ValidationError as exc:
-        log_refused_settings(exc)
+        log_refused(exc)
         sys.exit(NOT_STARTED_EXIT_CODE)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: turn it into an
     # exception so that the embedded Redis is stopped too, and exit with the conventional 128 + signal.

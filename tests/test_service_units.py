@@ -67,7 +67,7 @@ def test_a_missing_model_is_named_as_the_setting(tmp_path):
 
 def test_main_job_that_cannot_start_says_why_and_exits_1(tmp_path, caplog):
     """Before an engine starts: the HTTP port taken, a dataset that is not there (with an empty Redis), no API keys
-    on a network address, a keys file that cannot be read."""
+    on a network address, a keys file that cannot be read or holds a malformed key (not echoed)."""
     import socket
 
     from loadtests.local_service import free_port
@@ -83,9 +83,13 @@ def test_main_job_that_cannot_start_says_why_and_exits_1(tmp_path, caplog):
     assert serve(settings(dataset=str(tmp_path / "none"))) == NOT_STARTED_EXIT_CODE
     assert serve(settings(host="0.0.0.0")) == NOT_STARTED_EXIT_CODE
     assert serve(settings(host="0.0.0.0", api_keys_file=tmp_path / "keys.json")) == NOT_STARTED_EXIT_CODE
+    (tmp_path / "keys.json").write_text('[{"nam": "x", "key": "the-secret", "scopes": ["read"]}]')
+    assert serve(settings(api_keys_file=tmp_path / "keys.json")) == NOT_STARTED_EXIT_CODE
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "cannot listen on 127.0.0.1", "cannot load HATREC_DATASET",
-        "no API keys, and HATREC_HOST=0.0.0.0 is not a loopback address", "cannot read HATREC_API_KEYS_FILE"]
+        "no API keys, and HATREC_HOST=0.0.0.0 is not a loopback address", "cannot read HATREC_API_KEYS_FILE",
+        "bad HATREC_API_KEYS_FILE at 0.name"]
+    assert not any("secret" in r.getMessage() for r in caplog.records)
 
 
 def test_main_job_options_override_the_environment(monkeypatch, capsys):
